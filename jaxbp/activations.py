@@ -1,0 +1,170 @@
+"""Activation functions, each paired with its hand-derived derivative.
+
+Every activation is an :class:`Activation`: the function ``f(z)`` and its derivative
+``f'(z)``, written out by hand. The derivative receives both the pre-activation ``z``
+and the activation ``a = f(z)`` that the forward pass already computed, so rules such
+as ``sigmoid'(z) = a (1 - a)`` (the logistic rule of Rumelhart, Hinton & Williams 1986)
+reuse the cached value instead of recomputing it.
+
+None of the derivatives here use autodiff; ``tests/test_activations.py`` checks each one
+against ``jax.grad`` of its function.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+Array = jax.Array
+
+#: Negative slope of ``leaky_relu`` (the common default of PyTorch and JAX).
+LEAKY_RELU_SLOPE = 0.01
+
+
+class Activation(NamedTuple):
+    """An elementwise activation and its hand-derived derivative.
+
+    Attributes:
+      name: the name it is registered under.
+      fn: ``f(z) -> a``, elementwise.
+      deriv: ``f'(z)`` as a function of ``(z, a)`` where ``a = f(z)``.
+    """
+
+    name: str
+    fn: Callable[[Array], Array]
+    deriv: Callable[[Array, Array], Array]
+
+
+def _identity(z: Array) -> Array:
+    return z
+
+
+def _identity_deriv(z: Array, a: Array) -> Array:
+    # f(z) = z  =>  f'(z) = 1
+    del a
+    return jnp.ones_like(z)
+
+
+def _sigmoid(z: Array) -> Array:
+    return jax.nn.sigmoid(z)
+
+
+def _sigmoid_deriv(z: Array, a: Array) -> Array:
+    # f(z) = 1 / (1 + e^-z)  =>  f'(z) = f(z) (1 - f(z))
+    del z
+    return a * (1 - a)
+
+
+def _tanh(z: Array) -> Array:
+    return jnp.tanh(z)
+
+
+def _tanh_deriv(z: Array, a: Array) -> Array:
+    # f(z) = tanh z  =>  f'(z) = 1 - tanh^2 z
+    del z
+    return 1 - a * a
+
+
+def _relu(z: Array) -> Array:
+    # jax.nn.relu, not jnp.maximum(z, 0): autodiff of maximum splits ties and gives
+    # 1/2 at z = 0, which happens whenever a whole layer below is dead.
+    return jax.nn.relu(z)
+
+
+def _relu_deriv(z: Array, a: Array) -> Array:
+    # f(z) = max(z, 0)  =>  f'(z) = [z > 0]  (0 at z = 0, as jax.grad takes it)
+    del a
+    return (z > 0).astype(z.dtype)
+
+
+def _leaky_relu(z: Array) -> Array:
+    return jnp.where(z > 0, z, LEAKY_RELU_SLOPE * z)
+
+
+def _leaky_relu_deriv(z: Array, a: Array) -> Array:
+    # f(z) = z if z > 0 else s z  =>  f'(z) = 1 if z > 0 else s
+    del a
+    return jnp.where(z > 0, 1, LEAKY_RELU_SLOPE).astype(z.dtype)
+
+
+def _elu(z: Array) -> Array:
+    # expm1 of min(z, 0) so that the unused branch never overflows for large z.
+    return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
+
+
+def _elu_deriv(z: Array, a: Array) -> Array:
+    # f(z) = z if z > 0 else e^z - 1  =>  f'(z) = 1 if z > 0 else e^z = f(z) + 1
+    return jnp.where(z > 0, 1, a + 1).astype(z.dtype)
+
+
+def _softplus(z: Array) -> Array:
+    return jnp.logaddexp(z, 0)
+
+
+def _softplus_deriv(z: Array, a: Array) -> Array:
+    # f(z) = log(1 + e^z)  =>  f'(z) = e^z / (1 + e^z) = sigmoid(z)
+    del a
+    return jax.nn.sigmoid(z)
+
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _gelu(z: Array) -> Array:
+    # Exact GELU (Hendrycks & Gimpel 2016): z * Phi(z), Phi the standard normal CDF.
+    return z * 0.5 * (1 + erf(z * _SQRT_HALF))
+
+
+def _gelu_deriv(z: Array, a: Array) -> Array:
+    # f(z) = z Phi(z)  =>  f'(z) = Phi(z) + z phi(z),  phi(z) = e^{-z^2/2} / sqrt(2 pi)
+    del a
+    cdf = 0.5 * (1 + erf(z * _SQRT_HALF))
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+    return cdf + z * pdf
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    act.name: act
+    for act in (
+        Activation("identity", _identity, _identity_deriv),
+        Activation("sigmoid", _sigmoid, _sigmoid_deriv),
+        Activation("tanh", _tanh, _tanh_deriv),
+        Activation("relu", _relu, _relu_deriv),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv),
+        Activation("elu", _elu, _elu_deriv),
+        Activation("softplus", _softplus, _softplus_deriv),
+        Activation("gelu", _gelu, _gelu_deriv),
+    )
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Looks up an activation by name.
+
+    Args:
+      name: one of ``identity``, ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``,
+        ``elu``, ``softplus``, ``gelu``.
+
+    Returns:
+      The :class:`Activation` with its function and hand-derived derivative.
+
+    Raises:
+      ValueError: if ``name`` is not a known activation.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> act = get_activation("sigmoid")
+      >>> a = act.fn(jnp.zeros(2))
+      >>> act.deriv(jnp.zeros(2), a).tolist()
+      [0.25, 0.25]
+    """
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        known = ", ".join(ACTIVATIONS)
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of: {known}"
+        ) from None
