@@ -1,0 +1,212 @@
+"""Checkpoints: the training state in one ``.npz`` file, written atomically.
+
+A checkpoint holds the parameters under readable names (``params/0/w``,
+``params/0/b``, ...), the flattened optimizer state, the step, the PRNG key data and a
+JSON ``meta`` record (the network spec and whatever the caller adds, such as the
+training config and history). :func:`load_params` needs nothing but the file;
+:func:`restore_train_state` puts the optimizer state back into the structure of a
+template state made the same way as the one saved.
+
+Writing goes to a temporary file in the same folder, is flushed and ``fsync``-ed, and
+is renamed over the destination with ``os.replace``, so a reader (or a process killed
+mid-write) sees either the old complete checkpoint or the new complete one.
+"""
+
+import io
+import json
+import os
+import pathlib
+import tempfile
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp.mlp import MLP, Params
+from jaxbp.train import TrainState
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit what it is loaded into."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike, state: TrainState, net: MLP, *, meta: dict | None = None
+) -> pathlib.Path:
+    """Writes ``state`` to ``path`` atomically (temp file, fsync, rename).
+
+    Args:
+      path: destination file (conventionally ``checkpoint.npz``).
+      state: the :class:`~jaxbp.train.TrainState` to save.
+      net: the network spec, recorded so the file can be loaded on its own.
+      meta: extra JSON-serialisable information (config, history, epoch).
+
+    Returns:
+      The path written.
+    """
+    path = pathlib.Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for l, layer in enumerate(state.params):
+        for name in ("w", "b"):
+            arrays[f"params/{l}/{name}"] = np.asarray(layer[name])
+    opt_leaves = jax.tree.leaves(state.opt_state)
+    for i, leaf in enumerate(opt_leaves):
+        arrays[f"opt_state/{i}"] = np.asarray(leaf)
+    arrays["step"] = np.asarray(state.step)
+    arrays["key"] = np.asarray(jax.random.key_data(state.key))
+    record = {
+        "format": FORMAT_VERSION,
+        "net": {
+            "sizes": list(net.sizes),
+            "activation": net.activation,
+            "output_activation": net.output_activation,
+            "objective": net.objective,
+        },
+        "opt_state_leaves": len(opt_leaves),
+        "key_impl": str(jax.random.key_impl(state.key)),
+        **(meta or {}),
+    }
+    arrays["meta"] = np.frombuffer(json.dumps(record).encode(), np.uint8)
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    """Makes a rename in ``folder`` durable (best effort where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from e
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {meta.get('format')}, expected "
+            f"{FORMAT_VERSION}"
+        )
+    return arrays, meta
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
+    """Loads the network spec, parameters and metadata of a checkpoint.
+
+    Args:
+      path: a file written by :func:`save_checkpoint` (e.g. ``RUN/checkpoint.npz``
+        from ``jaxbp train --out RUN``).
+
+    Returns:
+      ``(net, params, meta)``: the :class:`~jaxbp.MLP`, its parameters as a list of
+      ``{"w", "b"}`` dicts of ``jax.Array``, and the JSON metadata.
+
+    Raises:
+      CheckpointError: if the file is missing, corrupt or incomplete.
+
+    Examples:
+      >>> net, params, meta = load_checkpoint("run/checkpoint.npz")  # doctest: +SKIP
+      >>> net.forward(params, x).argmax(-1)  # doctest: +SKIP
+    """
+    arrays, meta = _read(path)
+    net = MLP(**{**meta["net"], "sizes": tuple(meta["net"]["sizes"])})
+    try:
+        params = [
+            {name: jnp.asarray(arrays[f"params/{l}/{name}"]) for name in ("w", "b")}
+            for l in range(net.depth)
+        ]
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {path} lacks {e}") from None
+    net.check_params(params)
+    return net, params, meta
+
+
+def load_params(path: str | os.PathLike) -> Params:
+    """Just the parameters of a checkpoint: a list of ``{"w", "b"}`` dicts."""
+    return load_checkpoint(path)[1]
+
+
+def restore_train_state(
+    path: str | os.PathLike, template: TrainState
+) -> tuple[TrainState, dict]:
+    """Restores the full :class:`~jaxbp.train.TrainState` of a checkpoint.
+
+    Args:
+      path: the checkpoint file.
+      template: a state built the same way as the saved one (same network and
+        optimizer), e.g. by :func:`jaxbp.train.init_train_state`; only its structure,
+        shapes and dtypes are used.
+
+    Returns:
+      ``(state, meta)``.
+
+    Raises:
+      CheckpointError: if the file does not fit the template.
+    """
+    arrays, meta = _read(path)
+    _, params, _ = load_checkpoint(path)
+    template_params = jax.tree.leaves(template.params)
+    for saved, want in zip(jax.tree.leaves(params), template_params, strict=True):
+        if saved.shape != want.shape or saved.dtype != want.dtype:
+            raise CheckpointError(
+                f"checkpoint {path} holds parameters {saved.shape} {saved.dtype} where "
+                f"the run expects {want.shape} {want.dtype}"
+            )
+    leaves, treedef = jax.tree.flatten(template.opt_state)
+    if meta.get("opt_state_leaves") != len(leaves):
+        raise CheckpointError(
+            f"checkpoint {path} has {meta.get('opt_state_leaves')} optimizer-state "
+            f"arrays but this optimizer has {len(leaves)}: was it saved with another "
+            "optimizer?"
+        )
+    opt_leaves: list[Any] = []
+    for i, want in enumerate(leaves):
+        saved = arrays[f"opt_state/{i}"]
+        if saved.shape != np.shape(want):
+            raise CheckpointError(
+                f"checkpoint {path}: optimizer state {i} has shape {saved.shape}, "
+                f"expected {np.shape(want)}"
+            )
+        opt_leaves.append(jnp.asarray(saved, dtype=jnp.result_type(want)))
+    key = jax.random.wrap_key_data(
+        jnp.asarray(arrays["key"]), impl=jax.random.key_impl(template.key)
+    )
+    state = TrainState(
+        params=params,
+        opt_state=jax.tree.unflatten(treedef, opt_leaves),
+        step=jnp.asarray(arrays["step"], jnp.int32),
+        key=key,
+    )
+    return state, meta

@@ -1,0 +1,430 @@
+"""Training: explicit state, a jitted step, a whole epoch as one compiled program.
+
+The training state is a :class:`TrainState` ``NamedTuple`` of ``params``,
+``opt_state``, ``step`` and the PRNG ``key``; every function here is pure and returns a
+new state. The gradient comes from either the hand-derived backward pass
+(``grad="manual"``, :meth:`jaxbp.MLP.value_and_manual_grad`) or autodiff
+(``grad="autodiff"``, ``jax.value_and_grad(net.loss)``), and any optax
+``GradientTransformation`` applies it.
+
+An epoch (:func:`make_train_epoch`) is a single ``jax.jit`` program: it draws a
+permutation of the example *indices* with ``jax.random``, cuts it into
+``N // batch_size`` batches and runs a ``jax.lax.scan`` whose body gathers its batch
+from the device-resident training set and takes one step. There is no Python dispatch
+per step and no shuffled copy of the whole training set. The ``N % batch_size``
+examples left over by each epoch's permutation (a different few every epoch) are not
+trained on in that epoch; evaluation (:func:`make_evaluate`) covers every example.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp.mlp import MLP, Params
+
+Array = jax.Array
+
+#: The gradient sources a training step can use.
+GRAD_KINDS = ("manual", "autodiff")
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training.
+
+    Attributes:
+      params: the network parameters (list of ``{"w", "b"}`` dicts).
+      opt_state: the optax optimizer state.
+      step: number of steps taken, an int32 scalar.
+      key: the PRNG key from which each epoch's shuffle is split.
+    """
+
+    params: Params
+    opt_state: Any
+    step: Array
+    key: Array
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def init_train_state(
+    net: MLP,
+    optimizer: optax.GradientTransformation,
+    key: Array,
+    *,
+    dtype=jnp.float32,
+    params: Params | None = None,
+) -> TrainState:
+    """Initial training state: fresh (or given) parameters and optimizer state.
+
+    Args:
+      net: the network spec.
+      optimizer: an optax ``GradientTransformation``.
+      key: PRNG key; split into the parameter initialisation and the shuffling key.
+      dtype: parameter dtype for fresh parameters.
+      params: start from these parameters instead of ``net.init``.
+
+    Returns:
+      A :class:`TrainState` at step 0.
+    """
+    init_key, shuffle_key = jax.random.split(key)
+    if params is None:
+        params = net.init(init_key, dtype=dtype)
+    else:
+        net.check_params(params)
+    return TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        key=shuffle_key,
+    )
+
+
+def value_and_grad_fn(net: MLP, grad: str) -> Callable:
+    """``(params, x, y) -> (loss, grads)`` by the hand-derived rule or by autodiff.
+
+    Args:
+      net: the network spec.
+      grad: ``"manual"`` or ``"autodiff"``.
+
+    Raises:
+      ValueError: for any other ``grad``.
+    """
+    if grad == "manual":
+        return net.value_and_manual_grad
+    if grad == "autodiff":
+        return jax.value_and_grad(net.loss)
+    raise ValueError(f"grad must be one of {GRAD_KINDS}, got {grad!r}")
+
+
+def _apply_step(net, optimizer, grad, state: TrainState, x, y):
+    """One optimisation step on a batch; returns the new state and the batch loss."""
+    loss, grads = value_and_grad_fn(net, grad)(state.params, x, y)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+
+def make_train_step(
+    net: MLP, optimizer: optax.GradientTransformation, *, grad: str = "manual"
+) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict]]:
+    """A jitted training step ``(state, (x, y)) -> (state, {"loss": scalar})``.
+
+    Args:
+      net: the network spec.
+      optimizer: an optax ``GradientTransformation``.
+      grad: ``"manual"`` (hand-derived delta rule) or ``"autodiff"`` (``jax.grad``).
+
+    Returns:
+      The compiled step. ``x`` is ``(B, sizes[0])`` float, ``y`` labels ``(B,)`` or
+      targets ``(B, sizes[-1])``; ``loss`` is the batch loss *before* the update.
+    """
+    value_and_grad_fn(net, grad)  # validate `grad` eagerly
+
+    @jax.jit
+    def train_step(state: TrainState, batch):
+        x, y = batch
+        state, loss = _apply_step(net, optimizer, grad, state, x, y)
+        return state, {"loss": loss}
+
+    return train_step
+
+
+def make_train_epoch(
+    net: MLP,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    grad: str = "manual",
+) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
+    """A jitted epoch ``(state, x, y) -> (state, {"loss": (num_batches,)})``.
+
+    The epoch splits ``state.key`` into this epoch's shuffle key and the next state's
+    key, permutes the example indices, and scans over ``N // batch_size`` batches,
+    gathering each one from ``x`` and ``y`` inside the loop.
+
+    Args:
+      net: the network spec.
+      optimizer: an optax ``GradientTransformation``.
+      batch_size: examples per step.
+      grad: ``"manual"`` or ``"autodiff"``.
+
+    Returns:
+      The compiled epoch. ``x`` is ``(N, sizes[0])`` float (or ``uint8`` pixels, which
+      are scaled to ``[0, 1]`` batch by batch), ``y`` labels ``(N,)`` or targets
+      ``(N, sizes[-1])``. ``metrics["loss"]`` holds each step's batch loss.
+
+    Raises:
+      ValueError: if ``batch_size`` is not positive or exceeds ``N`` (at call time).
+    """
+    value_and_grad_fn(net, grad)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+    @jax.jit
+    def train_epoch(state: TrainState, x: Array, y: Array):
+        n = x.shape[0]
+        num_batches = n // batch_size
+        if num_batches == 0:
+            raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
+        key, next_key = jax.random.split(state.key)
+        order = jax.random.permutation(key, n)[: num_batches * batch_size]
+
+        def body(state, idx):
+            xb = _as_float(x[idx], state.params)
+            return _apply_step(net, optimizer, grad, state, xb, y[idx])
+
+        state, losses = jax.lax.scan(
+            body, state, order.reshape(num_batches, batch_size)
+        )
+        return state._replace(key=next_key), {"loss": losses}
+
+    return train_epoch
+
+
+def _as_float(x: Array, params: Params) -> Array:
+    """Scales integer pixels to ``[0, 1]`` in the parameters' dtype; floats pass."""
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        dtype = jnp.result_type(params[0]["w"])
+        return x.astype(dtype) / jnp.asarray(255, dtype)
+    return x
+
+
+def make_evaluate(
+    net: MLP, *, batch_size: int = 1000
+) -> Callable[[Params, Array, Array], dict]:
+    """A jitted evaluation ``(params, x, y) -> {"loss", "accuracy"}`` over all examples.
+
+    The data is padded up to a multiple of ``batch_size`` and the padding masked out,
+    so every example counts exactly once whatever ``N`` is.
+
+    Args:
+      net: the network spec.
+      batch_size: examples per evaluation batch (memory, not results).
+
+    Returns:
+      The compiled evaluation; ``loss`` is the mean per-example loss, ``correct`` the
+      number of examples whose arg-max output equals the label (arg-max of the target
+      row for float targets) and ``accuracy`` that number over ``N``.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+    @jax.jit
+    def evaluate(params: Params, x: Array, y: Array):
+        n = x.shape[0]
+        num_batches = -(-n // batch_size)
+        pad = num_batches * batch_size - n
+        mask = jnp.arange(num_batches * batch_size) < n
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        y = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1))
+
+        def body(totals, batch):
+            xb, yb, mb = batch
+            xb = _as_float(xb, params)
+            out = net.forward(params, xb)
+            per_example = net.per_example_loss(params, xb, yb)
+            labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
+            correct = jnp.argmax(out, axis=-1) == labels
+            loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
+            correct_sum = jnp.sum(jnp.where(mb, correct, False))
+            return (totals[0] + loss_sum, totals[1] + correct_sum), None
+
+        def split(a):
+            return a.reshape((num_batches, batch_size) + a.shape[1:])
+
+        zero = jnp.zeros((), jnp.result_type(params[0]["w"]))
+        (loss_sum, correct), _ = jax.lax.scan(
+            body, (zero, jnp.zeros((), jnp.int32)), (split(x), split(y), split(mask))
+        )
+        return {"loss": loss_sum / n, "accuracy": correct / n, "correct": correct}
+
+    return evaluate
+
+
+def check_finite(losses, first_step: int) -> None:
+    """Raises :class:`DivergenceError` naming the first step whose loss is not finite.
+
+    Args:
+      losses: the per-step losses of an epoch (host or device array).
+      first_step: the global step number of ``losses[0]`` (1-based).
+    """
+    losses = np.asarray(losses)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        i = int(bad[0])
+        raise DivergenceError(
+            f"training diverged: the loss is {losses[i]} at step {first_step + i}; "
+            "try a smaller learning rate"
+        )
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    schedule: str = "constant",
+    total_steps: int | None = None,
+) -> optax.GradientTransformation:
+    """An optax optimizer by name, with a constant or cosine-decayed learning rate.
+
+    Args:
+      name: ``sgd`` (plain, as in Rumelhart et al.), ``momentum`` (heavy ball, 0.9),
+        ``nesterov`` (0.9), ``adam``, ``adamw`` or ``rmsprop``.
+      learning_rate: a positive (peak) step size.
+      schedule: ``constant``, or ``cosine`` to decay it to zero over ``total_steps``
+        (``optax.cosine_decay_schedule``).
+      total_steps: length of the cosine schedule.
+
+    Returns:
+      The ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on an unknown name or schedule, a non-positive learning rate, or a
+        cosine schedule without a positive ``total_steps``.
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning rate must be positive, got {learning_rate}")
+    makers = {
+        "sgd": lambda lr: optax.sgd(lr),
+        "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+        "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+        "adam": optax.adam,
+        "adamw": optax.adamw,
+        "rmsprop": optax.rmsprop,
+    }
+    if name not in makers:
+        known = ", ".join(makers)
+        raise ValueError(f"unknown optimizer {name!r}; choose one of: {known}")
+    if schedule == "constant":
+        lr = learning_rate
+    elif schedule == "cosine":
+        if not total_steps or total_steps <= 0:
+            raise ValueError("a cosine schedule needs a positive total_steps")
+        lr = optax.cosine_decay_schedule(learning_rate, total_steps)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
+    return makers[name](lr)
+
+
+#: Default peak learning rate of each optimizer of :func:`make_optimizer`.
+DEFAULT_LEARNING_RATES = {
+    "sgd": 0.5,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "adam": 2e-3,
+    "adamw": 2e-3,
+    "rmsprop": 1e-3,
+}
+OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
+SCHEDULES = ("cosine", "constant")
+
+
+class EpochLog(NamedTuple):
+    """What one epoch of :func:`fit` measured.
+
+    Attributes:
+      epoch: 1-based epoch number.
+      step: global step count after the epoch.
+      train_loss: mean of the epoch's batch losses (each taken before its update).
+      test_loss: mean loss on the evaluation set (``nan`` without one).
+      test_accuracy: accuracy on the evaluation set (``nan`` without one).
+      epoch_time_s: wall time of the training epoch, compilation excluded.
+      samples_per_s: examples trained per second in that time.
+    """
+
+    epoch: int
+    step: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    epoch_time_s: float
+    samples_per_s: float
+
+
+def fit(
+    net: MLP,
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    train_data: tuple[Array, Array],
+    *,
+    epochs: int,
+    batch_size: int,
+    grad: str = "manual",
+    test_data: tuple[Array, Array] | None = None,
+    start_epoch: int = 0,
+    eval_batch_size: int = 1000,
+    on_epoch: Callable[[TrainState, EpochLog], None] | None = None,
+) -> tuple[TrainState, list[EpochLog], dict]:
+    """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
+
+    Compiles the epoch once ahead of time (its compile time is reported on its own),
+    runs it once per epoch, checks on the host after every epoch that no step's loss
+    was NaN or infinite, and evaluates on ``test_data``.
+
+    Args:
+      net: the network spec.
+      optimizer: the optax optimizer ``state.opt_state`` belongs to.
+      state: the starting :class:`TrainState` (fresh, or restored to resume).
+      train_data: ``(x, y)``, ``x`` ``(N, sizes[0])`` float or ``uint8``.
+      epochs: the epoch to stop after (counting from the start of training).
+      batch_size: examples per step.
+      grad: ``"manual"`` or ``"autodiff"``.
+      test_data: optional ``(x, y)`` to evaluate on after each epoch.
+      start_epoch: how many epochs ``state`` has already trained (to resume).
+      eval_batch_size: evaluation batch size.
+      on_epoch: called with ``(state, log)`` after each epoch (to print, to save a
+        checkpoint).
+
+    Returns:
+      ``(state, logs, timing)``: the final state, one :class:`EpochLog` per epoch run,
+      and ``{"compile_s": ..., "eval_compile_s": ...}``.
+
+    Raises:
+      DivergenceError: naming the first step whose loss was not finite.
+    """
+    x, y = (jnp.asarray(a) for a in train_data)
+    train_epoch = make_train_epoch(net, optimizer, batch_size=batch_size, grad=grad)
+    t0 = time.perf_counter()
+    compiled = train_epoch.lower(state, x, y).compile()
+    timing = {"compile_s": time.perf_counter() - t0, "eval_compile_s": 0.0}
+    evaluate = None
+    if test_data is not None:
+        xt, yt = (jnp.asarray(a) for a in test_data)
+        t0 = time.perf_counter()
+        evaluate = make_evaluate(net, batch_size=eval_batch_size)
+        evaluate = evaluate.lower(state.params, xt, yt).compile()
+        timing["eval_compile_s"] = time.perf_counter() - t0
+    trained_per_epoch = (x.shape[0] // batch_size) * batch_size
+    logs = []
+    for epoch in range(start_epoch + 1, epochs + 1):
+        first_step = int(state.step) + 1
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, x, y)
+        losses = np.asarray(metrics["loss"])  # waits for the epoch to finish
+        elapsed = time.perf_counter() - t0
+        check_finite(losses, first_step)
+        test_loss = test_acc = float("nan")
+        if evaluate is not None:
+            result = evaluate(state.params, xt, yt)
+            test_loss = float(result["loss"])
+            test_acc = int(result["correct"]) / xt.shape[0]
+        log = EpochLog(
+            epoch=epoch,
+            step=int(state.step),
+            train_loss=float(losses.mean()),
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            epoch_time_s=elapsed,
+            samples_per_s=trained_per_epoch / elapsed,
+        )
+        logs.append(log)
+        if on_epoch is not None:
+            on_epoch(state, log)
+    return state, logs, timing
