@@ -90,8 +90,10 @@ def _leaky_relu_deriv(z: Array, a: Array) -> Array:
 
 
 def _elu(z: Array) -> Array:
-    # expm1 of min(z, 0) so that the unused branch never overflows for large z.
-    return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
+    # expm1 of a clamped z so that the unused branch never overflows for large z. The
+    # clamp is a where, not jnp.minimum(z, 0): autodiff of minimum splits the tie and
+    # would give elu'(0) = 1/2 instead of 1.
+    return jnp.where(z > 0, z, jnp.expm1(jnp.where(z > 0, 0, z)))
 
 
 def _elu_deriv(z: Array, a: Array) -> Array:

@@ -64,7 +64,9 @@ def forward_pass(
     a, zs, acts = x, [], [x]
     last = len(params) - 1
     for l, layer in enumerate(params):
-        z = a @ layer["w"] + layer["b"]  # z_l = a_{l-1} W_l + b_l
+        # z_l = a_{l-1} W_l + b_l; the bias row is broadcast explicitly, so the pass
+        # also runs with jax_numpy_rank_promotion="raise".
+        z = a @ layer["w"] + layer["b"][None, :]
         a = (output if l == last else hidden).fn(z)  # a_l = f_l(z_l)
         zs.append(z)
         acts.append(a)
@@ -132,5 +134,5 @@ def grads_from_deltas(cache: ForwardCache, deltas: list[Array]) -> Params:
 
 
 def input_grad(params: Params, deltas: list[Array]) -> Array:
-    """The gradient with respect to the input: ``dL/dx = delta_1 W_1^T``, ``(B, n_0)``."""
+    """The input gradient ``dL/dx = delta_1 W_1^T``, shaped ``(B, n_0)``."""
     return deltas[0] @ params[0]["w"].T

@@ -161,7 +161,7 @@ def compare_grads(
             f"gradient structures differ: {jax.tree.structure(left)} vs "
             f"{jax.tree.structure(right)}"
         )
-    dtype = np.result_type(*jax.tree.leaves(left)).name
+    dtype = np.result_type(*(np.asarray(t).dtype for t in jax.tree.leaves(left))).name
     if rtol is None:
         rtol = GRAD_RTOL.get(dtype, 1e-4)
     leaves = []
@@ -259,7 +259,7 @@ def finite_difference_grad(
 
 
 def _sample_subset(params: Params, per_leaf: int | None, seed: int):
-    """Per layer and leaf, the flat indices to check (all, or ``per_leaf`` at random)."""
+    """Per layer and leaf, the flat indices to check: all, or ``per_leaf`` at random."""
     rng = np.random.default_rng(seed)
     subset = []
     for layer in params:
@@ -363,7 +363,7 @@ def gradcheck(
       True
     """
     if dtype is None:
-        dtype = np.result_type(*jax.tree.leaves(params))
+        dtype = np.result_type(*(np.asarray(t).dtype for t in jax.tree.leaves(params)))
     dtype = np.dtype(dtype)
     comparisons = []
     with jax.enable_x64(dtype == np.float64 or jax.config.jax_enable_x64):

@@ -89,7 +89,9 @@ class MLP:
     @property
     def num_params(self) -> int:
         """The number of scalar parameters: ``sum(fan_in * fan_out + fan_out)``."""
-        return sum(m * n + n for m, n in zip(self.sizes[:-1], self.sizes[1:]))
+        return sum(
+            m * n + n for m, n in zip(self.sizes[:-1], self.sizes[1:], strict=True)
+        )
 
     @property
     def hidden(self) -> Activation:
@@ -130,7 +132,8 @@ class MLP:
         """
         keys = jax.random.split(key, self.depth)
         params = []
-        for k, fan_in, fan_out in zip(keys, self.sizes[:-1], self.sizes[1:]):
+        layers = zip(keys, self.sizes[:-1], self.sizes[1:], strict=True)
+        for k, fan_in, fan_out in layers:
             if self.activation in _HE_INIT:
                 std = math.sqrt(2.0 / fan_in)
                 w = std * jax.random.normal(k, (fan_in, fan_out), dtype)
@@ -190,7 +193,7 @@ class MLP:
     def value_and_manual_grad(
         self, params: Params, x: Array, y: Array
     ) -> tuple[Array, Params]:
-        """The loss and its hand-derived gradient from one forward and one backward pass.
+        """The loss and its hand-derived gradient from a forward and a backward pass.
 
         The analogue of ``jax.value_and_grad(net.loss)``, without autodiff.
 
@@ -206,7 +209,7 @@ class MLP:
         return backward.forward_pass(params, x, self.hidden, self.output)
 
     def _deltas(self, params, x, targets, *, batch_mean=True):
-        """Forward cache and ``[delta_1..delta_L]`` of the mean (or per-example) loss."""
+        """The forward cache and ``[delta_1..delta_L]`` of the mean (or each) loss."""
         cache = self._cache(params, x)
         delta_out = backward.output_delta(cache, targets, self.output, self.loss_fn)
         if batch_mean:
@@ -236,7 +239,8 @@ class MLP:
         """
         if not isinstance(params, list | tuple):
             raise TypeError(
-                f"params must be a list of {{'w', 'b'}} dicts, got {type(params).__name__}"
+                "params must be a list of {'w', 'b'} dicts, got "
+                f"{type(params).__name__}"
             )
         if len(params) != self.depth:
             raise ValueError(
@@ -244,7 +248,7 @@ class MLP:
             )
         dtype = None
         for l, (layer, fan_in, fan_out) in enumerate(
-            zip(params, self.sizes[:-1], self.sizes[1:])
+            zip(params, self.sizes[:-1], self.sizes[1:], strict=True)
         ):
             if not isinstance(layer, dict) or set(layer) != {"w", "b"}:
                 keys = (
@@ -263,8 +267,8 @@ class MLP:
                 leaf_dtype = jnp.result_type(leaf)
                 if not jnp.issubdtype(leaf_dtype, jnp.floating):
                     raise TypeError(
-                        f"params[{l}]['{name}'] has dtype {leaf_dtype}; parameters must "
-                        "be floating point"
+                        f"params[{l}]['{name}'] has dtype {leaf_dtype}; parameters "
+                        "must be floating point"
                     )
                 if dtype is not None and leaf_dtype != dtype:
                     raise TypeError(
@@ -299,7 +303,7 @@ class MLP:
         return jnp.asarray(x, jnp.result_type(params[0]["w"]))
 
     def check_batch(self, params: Params, x: Array, y: Array) -> tuple[Array, Array]:
-        """Checks a batch and returns ``(x, targets)`` with float ``(B, sizes[-1])`` targets.
+        """Checks a batch; returns ``(x, targets)``, targets float ``(B, sizes[-1])``.
 
         Integer labels are range-checked whenever their values are concrete (outside
         ``jit``); inside ``jit`` only shapes and dtypes can be checked.
@@ -336,7 +340,8 @@ class MLP:
         elif len(y_shape) == 2:
             if y_shape[1] != num_out:
                 raise ValueError(
-                    f"y has {y_shape[1]} columns but the last layer has {num_out} outputs"
+                    f"y has {y_shape[1]} columns but the last layer has {num_out} "
+                    "outputs"
                 )
             if not jnp.issubdtype(y_dtype, jnp.floating):
                 raise TypeError(
@@ -344,7 +349,8 @@ class MLP:
                 )
         else:
             raise ValueError(
-                f"y must be labels (batch,) or targets (batch, {num_out}), got {y_shape}"
+                f"y must be labels (batch,) or targets (batch, {num_out}), got "
+                f"{y_shape}"
             )
         return x, prepare_targets(jnp.asarray(y), num_out, x.dtype)
 
