@@ -112,7 +112,15 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        NotImplementedError,  # zipfile: a corrupt header names an unknown method
+        RuntimeError,  # zipfile: an entry flagged as encrypted
+    ) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from e
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(
@@ -176,7 +184,12 @@ def restore_train_state(
       CheckpointError: if the file does not fit the template.
     """
     arrays, meta = _read(path)
-    _, params, _ = load_checkpoint(path)
+    net, params, _ = load_checkpoint(path)
+    if len(params) != len(template.params):
+        raise CheckpointError(
+            f"checkpoint {path} holds {net} with {len(params)} layers but the run "
+            f"expects {len(template.params)}"
+        )
     template_params = jax.tree.leaves(template.params)
     for saved, want in zip(jax.tree.leaves(params), template_params, strict=True):
         if saved.shape != want.shape or saved.dtype != want.dtype:
@@ -191,9 +204,13 @@ def restore_train_state(
             f"arrays but this optimizer has {len(leaves)}: was it saved with another "
             "optimizer?"
         )
+    try:
+        saved_opt = [arrays[f"opt_state/{i}"] for i in range(len(leaves))]
+        step, key_data = arrays["step"], arrays["key"]
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {path} lacks {e}") from None
     opt_leaves: list[Any] = []
-    for i, want in enumerate(leaves):
-        saved = arrays[f"opt_state/{i}"]
+    for i, (saved, want) in enumerate(zip(saved_opt, leaves, strict=True)):
         if saved.shape != np.shape(want):
             raise CheckpointError(
                 f"checkpoint {path}: optimizer state {i} has shape {saved.shape}, "
@@ -201,12 +218,21 @@ def restore_train_state(
             )
         opt_leaves.append(jnp.asarray(saved, dtype=jnp.result_type(want)))
     key = jax.random.wrap_key_data(
-        jnp.asarray(arrays["key"]), impl=jax.random.key_impl(template.key)
+        jnp.asarray(key_data), impl=jax.random.key_impl(template.key)
     )
     state = TrainState(
         params=params,
         opt_state=jax.tree.unflatten(treedef, opt_leaves),
-        step=jnp.asarray(arrays["step"], jnp.int32),
+        step=jnp.asarray(step, jnp.int32),
         key=key,
     )
     return state, meta
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The JSON metadata of a checkpoint (config, epoch, history) without its arrays.
+
+    Raises:
+      CheckpointError: if the file is missing or corrupt.
+    """
+    return _read(path)[1]

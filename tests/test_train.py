@@ -1,0 +1,482 @@
+"""Training: steps, epochs, evaluation, divergence checks, optimizers and ``fit``."""
+
+import math
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbp import train
+from jaxbp.mlp import MLP
+from jaxbp.train import DivergenceError
+
+# A few fixed shapes, reused everywhere, so that compiled programs are shared.
+NET = MLP((6, 5, 3), activation="tanh")
+RELU_NET = MLP((6, 5, 3), activation="relu")
+N, BATCH = 96, 32
+# chex.assert_trees_all_close tolerances, manual vs autodiff after a few steps.
+CLOSE = {
+    "float64": {"rtol": 1e-10, "atol": 1e-12},
+    "float32": {"rtol": 1e-4, "atol": 1e-5},
+}
+
+
+# --- helpers
+def _data(n=N, *, net=NET, seed=0, dtype="float32"):
+    """Random inputs ``(n, sizes[0])`` and integer labels ``(n,)``."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, net.sizes[0])).astype(dtype)
+    y = rng.integers(0, net.sizes[-1], n).astype(np.int32)
+    return x, y
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def _trees_equal(a, b):
+    """Bitwise equality of two pytrees of arrays (same structure, dtypes, values)."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(
+        x.dtype == y.dtype and np.array_equal(x, y)
+        for x, y in zip(_leaves(a), _leaves(b), strict=True)
+    )
+
+
+def _key_data(key):
+    return np.asarray(jax.random.key_data(key))
+
+
+def _count_step_traces(monkeypatch):
+    """Makes a second trace of the step body (``train._apply_step``) an error."""
+    chex.clear_trace_counter()  # the counter is global: start this test at zero
+    monkeypatch.setattr(
+        train, "_apply_step", chex.assert_max_traces(train._apply_step, n=1)
+    )
+
+
+def _blobs(n, *, seed, centers):
+    """Gaussian blobs around ``centers`` (10, 16): inputs ``(n, 16)``, labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(centers), n).astype(np.int32)
+    x = centers[y] + rng.normal(size=(n, centers.shape[1]))
+    return x.astype(np.float32), y
+
+
+# --- make_train_step
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("sgd", "float64"),
+        ("momentum", "float64"),
+        ("adam", "float64"),
+        ("sgd", "float32"),
+        ("adam", "float32"),
+    ],
+)
+def test_manual_and_autodiff_steps_agree(name, dtype):
+    with jax.enable_x64(dtype == "float64"):
+        optimizer = train.make_optimizer(name, train.DEFAULT_LEARNING_RATES[name])
+        state0 = train.init_train_state(
+            NET, optimizer, jax.random.key(0), dtype=jnp.dtype(dtype)
+        )
+        x, y = _data(dtype=dtype)
+        final, losses = {}, {}
+        for grad in train.GRAD_KINDS:
+            step = train.make_train_step(NET, optimizer, grad=grad)
+            state, losses[grad] = state0, []
+            for i in range(6):
+                batch = slice(16 * i, 16 * (i + 1))
+                state, metrics = step(state, (x[batch], y[batch]))
+                losses[grad].append(metrics["loss"])
+            final[grad] = state
+        manual, auto = final["manual"], final["autodiff"]
+        assert int(manual.step) == int(auto.step) == 6
+        assert manual.params[0]["w"].dtype == jnp.dtype(dtype)
+        # The steps did move the parameters (the comparison is not vacuous).
+        assert not np.allclose(manual.params[0]["w"], state0.params[0]["w"])
+        chex.assert_trees_all_close(manual.params, auto.params, **CLOSE[dtype])
+        chex.assert_trees_all_close(manual.opt_state, auto.opt_state, **CLOSE[dtype])
+        chex.assert_trees_all_close(
+            losses["manual"], losses["autodiff"], **CLOSE[dtype]
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_sgd_step_is_params_minus_lr_times_manual_grad(dtype):
+    with jax.enable_x64(dtype == "float64"):
+        lr = 0.25
+        optimizer = train.make_optimizer("sgd", lr)
+        state = train.init_train_state(
+            NET, optimizer, jax.random.key(1), dtype=jnp.dtype(dtype)
+        )
+        x, y = _data(BATCH, dtype=dtype)
+        step = train.make_train_step(NET, optimizer, grad="manual")
+        new_state, metrics = step(state, (x, y))
+        loss, grads = jax.jit(NET.value_and_manual_grad)(state.params, x, y)
+        expected = jax.tree.map(lambda p, g: p - lr * g, state.params, grads)
+        assert _trees_equal(new_state.params, expected)
+        # The reported loss is the batch loss before the update.
+        assert np.array_equal(metrics["loss"], loss)
+        assert int(new_state.step) == 1
+        assert np.array_equal(_key_data(new_state.key), _key_data(state.key))
+
+
+def test_train_step_does_not_retrace(monkeypatch):
+    # Count traces of the step body: a retrace on a later call would trip the assert.
+    _count_step_traces(monkeypatch)
+    optimizer = train.make_optimizer("adam", 1e-2)
+    step = train.make_train_step(NET, optimizer, grad="manual")
+    x, y = _data(BATCH)
+    for seed in range(3):  # fresh states and states returned by the step
+        state = train.init_train_state(NET, optimizer, jax.random.key(seed))
+        for _ in range(2):
+            state, _ = step(state, (x, y))
+    assert int(state.step) == 2
+    if hasattr(step, "_cache_size"):
+        assert step._cache_size() == 1
+
+
+# --- make_train_epoch
+@pytest.mark.parametrize("grad", train.GRAD_KINDS)
+def test_epoch_runs_floor_n_over_b_steps_without_retracing(monkeypatch, grad):
+    _count_step_traces(monkeypatch)
+    optimizer = train.make_optimizer("adam", 1e-2)
+    epoch = train.make_train_epoch(NET, optimizer, batch_size=BATCH, grad=grad)
+    n = 100  # 3 batches of 32; 4 examples left over each epoch
+    x, y = _data(n)
+    for seed in range(2):  # fresh states, then states returned by the epoch
+        state = train.init_train_state(NET, optimizer, jax.random.key(seed))
+        for k in (1, 2, 3):
+            state, metrics = epoch(state, x, y)
+            assert metrics["loss"].shape == (n // BATCH,)
+            assert int(state.step) == k * (n // BATCH)
+            assert np.all(np.isfinite(metrics["loss"]))
+    if hasattr(epoch, "_cache_size"):
+        assert epoch._cache_size() == 1
+
+
+def test_epoch_rejects_bad_batch_sizes():
+    optimizer = train.make_optimizer("sgd", 0.1)
+    for bad in (0, -4):
+        with pytest.raises(ValueError, match="batch_size"):
+            train.make_train_epoch(NET, optimizer, batch_size=bad)
+    epoch = train.make_train_epoch(NET, optimizer, batch_size=N + 1)
+    state = train.init_train_state(NET, optimizer, jax.random.key(0))
+    with pytest.raises(ValueError, match=f"batch_size {N + 1} exceeds the {N}"):
+        epoch(state, *_data())
+
+
+def test_epoch_reshuffles_every_epoch_and_uses_each_example_once():
+    # A zero learning rate keeps the parameters fixed, so each batch loss depends only
+    # on which examples the shuffle put in the batch.
+    optimizer = optax.sgd(0.0)
+    epoch = train.make_train_epoch(NET, optimizer, batch_size=BATCH)
+    state0 = train.init_train_state(NET, optimizer, jax.random.key(0))
+    x, y = _data()
+    state1, m1 = epoch(state0, x, y)
+    state2, m2 = epoch(state1, x, y)
+    keys = [_key_data(s.key) for s in (state0, state1, state2)]
+    assert not np.array_equal(keys[0], keys[1])
+    assert not np.array_equal(keys[1], keys[2])
+    assert not np.allclose(m1["loss"], m2["loss"])  # different batches
+    # N is a multiple of the batch size, so each epoch is a permutation: the mean
+    # batch loss is the full-data loss.
+    assert int(state2.step) == 2 * (N // BATCH)
+    full = jax.jit(NET.loss)(state0.params, x, y)
+    for metrics in (m1, m2):
+        np.testing.assert_allclose(np.mean(metrics["loss"]), full, rtol=1e-5)
+    # The same state gives the same shuffle.
+    _, again = epoch(state0, x, y)
+    assert np.array_equal(again["loss"], m1["loss"])
+
+
+def test_epoch_scales_uint8_pixels():
+    optimizer = train.make_optimizer("sgd", 0.5)
+    epoch = train.make_train_epoch(NET, optimizer, batch_size=BATCH)
+    state = train.init_train_state(NET, optimizer, jax.random.key(0))
+    rng = np.random.default_rng(3)
+    x_u8 = rng.integers(0, 256, (N, NET.sizes[0]), dtype=np.uint8)
+    _, y = _data()
+    s_u8, m_u8 = epoch(state, x_u8, y)
+    s_f, m_f = epoch(state, x_u8.astype(np.float32) / np.float32(255), y)
+    assert s_u8.params[0]["w"].dtype == jnp.float32
+    chex.assert_trees_all_close(s_u8.params, s_f.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(m_u8["loss"], m_f["loss"], rtol=1e-6)
+    assert not np.allclose(s_u8.params[0]["w"], state.params[0]["w"])
+
+
+# --- make_evaluate
+def _numpy_eval(params, x, y):
+    """Loss and accuracy of NET (tanh, softmax cross-entropy) in float64 NumPy."""
+    p = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in params]
+    h = np.tanh(x.astype(np.float64) @ p[0]["w"] + p[0]["b"])
+    logits = h @ p[1]["w"] + p[1]["b"]
+    top = logits.max(axis=1, keepdims=True)
+    lse = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+    loss = np.mean(lse - logits[np.arange(len(y)), y])
+    correct = int(np.sum(np.argmax(logits, axis=1) == y))
+    return loss, correct
+
+
+@pytest.mark.parametrize("batch_size", [100, 2048])
+def test_evaluate_counts_every_example_once(batch_size):
+    n = 1003
+    params = NET.init(jax.random.key(4))
+    x, y = _data(n, seed=5)
+    loss, correct = _numpy_eval(params, x, y)
+    result = train.make_evaluate(NET, batch_size=batch_size)(params, x, y)
+    assert int(result["correct"]) == correct
+    assert float(result["accuracy"]) == pytest.approx(correct / n, rel=1e-6)
+    np.testing.assert_allclose(result["loss"], loss, rtol=1e-5)
+
+
+def test_evaluate_accepts_one_hot_targets_and_uint8_inputs():
+    n = 250
+    params = NET.init(jax.random.key(4))
+    rng = np.random.default_rng(6)
+    x_u8 = rng.integers(0, 256, (n, NET.sizes[0]), dtype=np.uint8)
+    _, y = _data(n, seed=6)
+    evaluate = train.make_evaluate(NET, batch_size=100)
+    x = x_u8.astype(np.float32) / np.float32(255)
+    loss, correct = _numpy_eval(params, x, y)
+    by_labels = evaluate(params, x_u8, y)
+    by_one_hot = evaluate(params, x_u8, np.eye(3, dtype=np.float32)[y])
+    for result in (by_labels, by_one_hot):
+        assert int(result["correct"]) == correct
+        np.testing.assert_allclose(result["loss"], loss, rtol=1e-5)
+
+
+def test_evaluate_rejects_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        train.make_evaluate(NET, batch_size=0)
+
+
+# --- divergence
+@pytest.mark.parametrize(
+    ("losses", "first_step", "bad_step"),
+    [
+        ([1.0, 2.0, np.nan, np.inf], 11, 13),
+        ([np.inf, 1.0], 1, 1),
+        ([0.5, 0.4, 0.3, -np.inf], 101, 104),
+    ],
+)
+def test_check_finite_names_the_first_bad_step(losses, first_step, bad_step):
+    with pytest.raises(DivergenceError, match=rf"\bstep {bad_step}\b"):
+        train.check_finite(np.asarray(losses, np.float32), first_step)
+
+
+def test_check_finite_passes_finite_losses():
+    train.check_finite(jnp.asarray([3.0, 2.0, 1e30]), 1)
+    train.check_finite(np.zeros(0), 1)
+    assert issubclass(DivergenceError, FloatingPointError)
+
+
+def test_fit_raises_naming_the_step_on_infinite_inputs():
+    optimizer = train.make_optimizer("sgd", 0.1)
+    state = train.init_train_state(NET, optimizer, jax.random.key(0))
+    state = state._replace(step=jnp.asarray(5, jnp.int32))  # as if resumed
+    x, y = _data()
+    x[:] = np.inf
+    with pytest.raises(DivergenceError, match=r"\bstep 6\b"):
+        train.fit(NET, optimizer, state, (x, y), epochs=1, batch_size=BATCH)
+
+
+def test_fit_raises_naming_the_step_for_a_huge_learning_rate():
+    optimizer = optax.sgd(1e30)
+    state = train.init_train_state(RELU_NET, optimizer, jax.random.key(0))
+    x, y = _data(net=RELU_NET)
+    # Replay the same epoch to find the first step whose loss is not finite.
+    epoch = train.make_train_epoch(RELU_NET, optimizer, batch_size=BATCH)
+    losses = np.asarray(epoch(state, x, y)[1]["loss"])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    assert bad.size and bad[0] > 0  # diverges after a finite first step
+    with pytest.raises(DivergenceError, match=rf"\bstep {bad[0] + 1}\b") as info:
+        train.fit(RELU_NET, optimizer, state, (x, y), epochs=1, batch_size=BATCH)
+    assert "learning rate" in str(info.value)
+
+
+# --- make_optimizer, value_and_grad_fn
+@pytest.mark.parametrize("name", train.OPTIMIZERS)
+@pytest.mark.parametrize("schedule", train.SCHEDULES)
+def test_make_optimizer_builds_every_optimizer(name, schedule):
+    optimizer = train.make_optimizer(
+        name, train.DEFAULT_LEARNING_RATES[name], schedule=schedule, total_steps=10
+    )
+    assert isinstance(optimizer, optax.GradientTransformation)
+    params = {"w": jnp.ones(3)}
+    updates, _ = optimizer.update({"w": jnp.ones(3)}, optimizer.init(params), params)
+    assert np.all(np.asarray(updates["w"]) < 0)  # a descent step
+
+
+def test_cosine_schedule_decays_to_zero():
+    optimizer = train.make_optimizer("sgd", 0.5, schedule="cosine", total_steps=4)
+    params = {"w": jnp.zeros(())}
+    grads = {"w": jnp.ones(())}
+    opt_state = optimizer.init(params)
+    steps = []
+    for _ in range(6):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        steps.append(float(-updates["w"]))
+    expected = [0.25 * (1 + math.cos(math.pi * min(t, 4) / 4)) for t in range(6)]
+    np.testing.assert_allclose(steps, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (("lbfgs", 0.1), {}, "unknown optimizer 'lbfgs'"),
+        (("SGD", 0.1), {}, "unknown optimizer"),
+        (("sgd", 0.0), {}, "learning rate must be positive"),
+        (("adam", -1e-3), {}, "learning rate must be positive"),
+        (("adam", float("nan")), {}, "learning rate must be positive"),
+        (("sgd", 0.1), {"schedule": "cosine"}, "total_steps"),
+        (("sgd", 0.1), {"schedule": "cosine", "total_steps": 0}, "total_steps"),
+        (("sgd", 0.1), {"schedule": "linear"}, "unknown schedule 'linear'"),
+    ],
+)
+def test_make_optimizer_rejects(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train.make_optimizer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("grad", ["numeric", "Manual", "", None])
+def test_unknown_grad_kinds_are_rejected(grad):
+    optimizer = optax.sgd(0.1)
+    with pytest.raises(ValueError, match="grad must be one of"):
+        train.value_and_grad_fn(NET, grad)
+    with pytest.raises(ValueError, match="grad must be one of"):
+        train.make_train_step(NET, optimizer, grad=grad)
+    with pytest.raises(ValueError, match="grad must be one of"):
+        train.make_train_epoch(NET, optimizer, batch_size=8, grad=grad)
+
+
+# --- fit
+def _fit(net=NET, *, seed=0, grad="manual", epochs=2, **kwargs):
+    optimizer = train.make_optimizer("adam", 1e-2)
+    state = train.init_train_state(net, optimizer, jax.random.key(seed))
+    x, y = _data(net=net)
+    return train.fit(
+        net,
+        optimizer,
+        state,
+        (x, y),
+        epochs=epochs,
+        batch_size=BATCH,
+        grad=grad,
+        **kwargs,
+    )
+
+
+def test_fit_is_bitwise_deterministic():
+    state_a, logs_a, timing = _fit(seed=7)
+    state_b, logs_b, _ = _fit(seed=7)
+    assert _trees_equal(state_a.params, state_b.params)
+    assert _trees_equal(state_a.opt_state, state_b.opt_state)
+    assert np.array_equal(_key_data(state_a.key), _key_data(state_b.key))
+    assert [log.train_loss for log in logs_a] == [log.train_loss for log in logs_b]
+    # Without test data there is no evaluation.
+    assert all(math.isnan(log.test_loss) for log in logs_a)
+    assert all(math.isnan(log.test_accuracy) for log in logs_a)
+    assert timing["eval_compile_s"] == 0.0
+
+
+class _Clock:
+    """A ``time`` for ``jaxbp.train`` that logs each ``perf_counter()`` reading."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def perf_counter(self):
+        now = time.perf_counter()
+        self.events.append(("clock", now))
+        return now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_fit_logs_epochs_and_separates_compile_time(monkeypatch):
+    # One ordered log of fit's clock readings and of every JAX compilation, to check
+    # that no compilation falls inside a timed epoch.
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if "compile" in event:
+            events.append(("compile", event))
+
+    monkeypatch.setattr(train, "time", _Clock(events))
+    ends = []  # number of events when each epoch ends
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        state, logs, timing = _fit(
+            epochs=4,
+            start_epoch=1,
+            test_data=_data(50, seed=9),
+            eval_batch_size=20,
+            on_epoch=lambda state, log: ends.append((len(events), int(state.step))),
+        )
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    steps_per_epoch = N // BATCH
+    assert [log.epoch for log in logs] == [2, 3, 4]
+    assert [log.step for log in logs] == [k * steps_per_epoch for k in (1, 2, 3)]
+    assert [step for _, step in ends] == [log.step for log in logs]
+    assert int(state.step) == 3 * steps_per_epoch
+    for log in logs:
+        assert isinstance(log, train.EpochLog)
+        assert math.isfinite(log.epoch_time_s) and log.epoch_time_s > 0
+        assert log.samples_per_s == pytest.approx(
+            steps_per_epoch * BATCH / log.epoch_time_s
+        )
+        assert math.isfinite(log.train_loss)
+        assert math.isfinite(log.test_loss)
+        assert 0 <= log.test_accuracy <= 1
+        # A fraction of the 50 test examples.
+        assert log.test_accuracy * 50 == pytest.approx(round(log.test_accuracy * 50))
+    assert set(timing) >= {"compile_s", "eval_compile_s"}
+    assert math.isfinite(timing["compile_s"]) and timing["compile_s"] > 0
+    assert math.isfinite(timing["eval_compile_s"]) and timing["eval_compile_s"] > 0
+    # The epoch and the evaluation were compiled before the first epoch ...
+    assert any(kind == "compile" for kind, _ in events[: ends[0][0]])
+    # ... and nothing compiled later: not inside any timed epoch, not between epochs.
+    clocks = [(i, t) for i, (kind, t) in enumerate(events) if kind == "clock"]
+    for log in logs:
+        spans = [
+            (i, j)
+            for (i, start), (j, end) in zip(clocks, clocks[1:], strict=False)
+            if end - start == log.epoch_time_s
+        ]
+        assert len(spans) == 1, "cannot find the epoch's clock readings"
+        i, j = spans[0]
+        assert all(kind == "clock" for kind, _ in events[i:j]), events[i:j]
+    assert all(kind == "clock" for kind, _ in events[ends[0][0] :])
+
+
+# --- a short real training run
+def test_training_separates_gaussian_blobs_with_either_gradient():
+    net = MLP((16, 32, 10), activation="relu")
+    centers = 3 * np.random.default_rng(0).normal(size=(10, 16))
+    train_data = _blobs(1000, seed=1, centers=centers)
+    test_data = _blobs(500, seed=2, centers=centers)
+    optimizer = train.make_optimizer("adam", 1e-2, schedule="cosine", total_steps=100)
+    runs = {}
+    for grad in train.GRAD_KINDS:
+        state = train.init_train_state(net, optimizer, jax.random.key(0))
+        runs[grad] = train.fit(
+            net, optimizer, state, train_data, epochs=5, batch_size=50, grad=grad
+        )
+    evaluate = train.make_evaluate(net, batch_size=500)
+    for grad, (state, logs, _) in runs.items():
+        assert float(evaluate(state.params, *test_data)["accuracy"]) > 0.95, grad
+        assert logs[-1].train_loss < 0.5 * logs[0].train_loss, (grad, logs)
+    curves = {g: [log.train_loss for log in logs] for g, (_, logs, _) in runs.items()}
+    np.testing.assert_allclose(curves["manual"], curves["autodiff"], rtol=1e-4)
+    chex.assert_trees_all_close(
+        runs["manual"][0].params, runs["autodiff"][0].params, rtol=1e-3, atol=1e-4
+    )
