@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import checkpoint, data, train
+from jaxbp import checkpoint, data, parallel, train
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.gradcheck import gradcheck
 from jaxbp.losses import LOSSES
@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     tr.add_argument(
+        "--devices",
+        type=_positive_int,
+        help="train data-parallel on this many local devices, each batch split "
+        "evenly over them (default: all local devices; 1: one device, no mesh)",
+    )
+    tr.add_argument(
         "--out",
         type=pathlib.Path,
         help="run folder for metrics.json, checkpoint.npz, curves.png "
@@ -260,6 +266,25 @@ def _train_config(args) -> dict:
     }
 
 
+def _data_mesh(args):
+    """The mesh of ``--devices``, or ``None`` for one device."""
+    available = jax.local_device_count()
+    n = available if args.devices is None else args.devices
+    if n > available:
+        platform_name = jax.local_devices()[0].platform
+        raise UsageError(
+            f"jaxbp train: --devices {n}, but only {available} {platform_name} "
+            "device(s) are available (on CPU, simulate more with JAX_NUM_CPU_DEVICES=N)"
+        )
+    if args.batch_size % n:
+        which = f"--devices {n}" if args.devices else f"the {n} local devices"
+        raise UsageError(
+            f"jaxbp train: --batch-size {args.batch_size} is not divisible by {which}; "
+            f"every device takes an equal share of each batch, so use a multiple of {n}"
+        )
+    return None if n == 1 else parallel.make_data_mesh(n)
+
+
 def _load_split(args, split: str):
     images, labels = data.load_dataset(args.dataset, split, data_dir=args.data_dir)
     # Keep the pixels as uint8 on the device; each batch is scaled to [0, 1] inside
@@ -321,6 +346,8 @@ def run_train(args) -> int:
         )
     if args.resume and not ckpt_path.exists():
         raise UsageError(f"jaxbp train: --resume: no checkpoint at {ckpt_path}")
+    mesh = _data_mesh(args)
+    num_devices = 1 if mesh is None else parallel.num_data_shards(mesh)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
 
@@ -347,15 +374,14 @@ def run_train(args) -> int:
     history: list[dict] = []
     start_epoch = 0
     if args.resume:
-        state, meta = checkpoint.restore_train_state(ckpt_path, state)
-        if meta.get("config") != config:
-            changed = sorted(
-                k for k in config if meta.get("config", {}).get(k) != config[k]
-            )
+        saved_config = checkpoint.read_meta(ckpt_path).get("config", {})
+        if saved_config != config:
+            changed = sorted(k for k in config if saved_config.get(k) != config[k])
             raise UsageError(
                 f"jaxbp train: --resume with different flags ({', '.join(changed)}); "
                 "resume with the flags of the run in --out"
             )
+        state, meta = checkpoint.restore_train_state(ckpt_path, state)
         history = meta.get("history", [])
         start_epoch = int(meta.get("epoch", 0))
     out.mkdir(parents=True, exist_ok=True)
@@ -370,10 +396,13 @@ def run_train(args) -> int:
         "examples_per_epoch": steps_per_epoch * args.batch_size,
         "steps_per_epoch": steps_per_epoch,
         "device": f"{device.platform} ({device.device_kind})",
-        "num_devices": jax.device_count(),
+        "num_devices": num_devices,
+        "available_devices": jax.device_count(),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
     }
+    if num_devices > 1:
+        record["device"] = f"{num_devices} x {record['device']}"
     if not args.quiet:
         print(
             f"{net} with {net.num_params:,} parameters on {record['device']}: "
@@ -433,6 +462,7 @@ def run_train(args) -> int:
         test_data=(xt, yt),
         start_epoch=start_epoch,
         on_epoch=on_epoch,
+        mesh=mesh,
     )
     timing.update(compile_timing)
     write_metrics()
@@ -472,7 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         train.DivergenceError,
         ValueError,
     ) as e:
-        print(f"jaxbp: error: {e}", file=sys.stderr)
+        # One line: the data layer's guidance spans several lines for library users.
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        message = message.replace("data_dir=", "--data-dir")
+        print(f"jaxbp: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("jaxbp: interrupted", file=sys.stderr)

@@ -14,6 +14,12 @@ from the device-resident training set and takes one step. There is no Python dis
 per step and no shuffled copy of the whole training set. The ``N % batch_size``
 examples left over by each epoch's permutation (a different few every epoch) are not
 trained on in that epoch; evaluation (:func:`make_evaluate`) covers every example.
+
+Every ``make_*`` function and :func:`fit` take an optional ``mesh``: with a
+``jax.sharding.Mesh`` from :func:`jaxbp.parallel.make_data_mesh` each batch is split
+over the devices of its ``"data"`` axis and the parameters and optimizer state are
+replicated (:func:`replicate_train_state`); the gradient is that of the whole batch, as
+on one device (see :mod:`jaxbp.parallel`). Without a mesh nothing changes.
 """
 
 import time
@@ -25,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbp import parallel
 from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
@@ -103,16 +110,30 @@ def value_and_grad_fn(net: MLP, grad: str) -> Callable:
     raise ValueError(f"grad must be one of {GRAD_KINDS}, got {grad!r}")
 
 
-def _apply_step(net, optimizer, grad, state: TrainState, x, y):
+def replicate_train_state(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """``state`` copied whole onto every device of ``mesh`` (every process must pass
+    the same state)."""
+    return parallel.replicate(state, mesh)
+
+
+def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None):
     """One optimisation step on a batch; returns the new state and the batch loss."""
-    loss, grads = value_and_grad_fn(net, grad)(state.params, x, y)
+    value_and_grad = value_and_grad_fn(net, grad)
+    if mesh is not None:
+        # x and y split over "data"; the mean of the per-device gradients.
+        value_and_grad = parallel.data_parallel(value_and_grad, mesh)
+    loss, grads = value_and_grad(state.params, x, y)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
 
 
 def make_train_step(
-    net: MLP, optimizer: optax.GradientTransformation, *, grad: str = "manual"
+    net: MLP,
+    optimizer: optax.GradientTransformation,
+    *,
+    grad: str = "manual",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict]]:
     """A jitted training step ``(state, (x, y)) -> (state, {"loss": scalar})``.
 
@@ -120,17 +141,29 @@ def make_train_step(
       net: the network spec.
       optimizer: an optax ``GradientTransformation``.
       grad: ``"manual"`` (hand-derived delta rule) or ``"autodiff"`` (``jax.grad``).
+      mesh: split each batch over the ``"data"`` axis of this mesh; ``state`` must be
+        replicated on it (:func:`replicate_train_state`). The batch may be a global
+        array assembled from process-local rows (:func:`jaxbp.parallel.global_batch`)
+        or anything else, which is split inside the step.
 
     Returns:
       The compiled step. ``x`` is ``(B, sizes[0])`` float, ``y`` labels ``(B,)`` or
       targets ``(B, sizes[-1])``; ``loss`` is the batch loss *before* the update.
+
+    Raises:
+      ValueError: with a mesh, if ``B`` is not divisible by its device count (when the
+        step is traced).
     """
     value_and_grad_fn(net, grad)  # validate `grad` eagerly
+    if mesh is not None:
+        parallel.num_data_shards(mesh)
 
     @jax.jit
     def train_step(state: TrainState, batch):
         x, y = batch
-        state, loss = _apply_step(net, optimizer, grad, state, x, y)
+        if mesh is not None:
+            parallel.check_batch_size(x.shape[0], mesh)
+        state, loss = _apply_step(net, optimizer, grad, state, x, y, mesh=mesh)
         return state, {"loss": loss}
 
     return train_step
@@ -142,6 +175,7 @@ def make_train_epoch(
     *,
     batch_size: int,
     grad: str = "manual",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
     """A jitted epoch ``(state, x, y) -> (state, {"loss": (num_batches,)})``.
 
@@ -154,6 +188,10 @@ def make_train_epoch(
       optimizer: an optax ``GradientTransformation``.
       batch_size: examples per step.
       grad: ``"manual"`` or ``"autodiff"``.
+      mesh: split each batch over the ``"data"`` axis of this mesh. ``state``, ``x``
+        and ``y`` must be replicated on it (:func:`replicate_train_state`,
+        :func:`jaxbp.parallel.replicate`); each device gathers its own rows of every
+        batch from its copy of the training set.
 
     Returns:
       The compiled epoch. ``x`` is ``(N, sizes[0])`` float (or ``uint8`` pixels, which
@@ -161,11 +199,14 @@ def make_train_epoch(
       ``(N, sizes[-1])``. ``metrics["loss"]`` holds each step's batch loss.
 
     Raises:
-      ValueError: if ``batch_size`` is not positive or exceeds ``N`` (at call time).
+      ValueError: if ``batch_size`` is not positive, not divisible by the mesh's
+        device count, or exceeds ``N`` (at call time).
     """
     value_and_grad_fn(net, grad)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh)
 
     @jax.jit
     def train_epoch(state: TrainState, x: Array, y: Array):
@@ -177,8 +218,12 @@ def make_train_epoch(
         order = jax.random.permutation(key, n)[: num_batches * batch_size]
 
         def body(state, idx):
-            xb = _as_float(x[idx], state.params)
-            return _apply_step(net, optimizer, grad, state, xb, y[idx])
+            if mesh is None:
+                xb, yb = _as_float(x[idx], state.params), y[idx]
+            else:
+                xb, yb = parallel.take_rows((x, y), idx, mesh)
+                xb = _as_float(xb, state.params)
+            return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh)
 
         state, losses = jax.lax.scan(
             body, state, order.reshape(num_batches, batch_size)
@@ -197,7 +242,7 @@ def _as_float(x: Array, params: Params) -> Array:
 
 
 def make_evaluate(
-    net: MLP, *, batch_size: int = 1000
+    net: MLP, *, batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None
 ) -> Callable[[Params, Array, Array], dict]:
     """A jitted evaluation ``(params, x, y) -> {"loss", "accuracy"}`` over all examples.
 
@@ -206,7 +251,11 @@ def make_evaluate(
 
     Args:
       net: the network spec.
-      batch_size: examples per evaluation batch (memory, not results).
+      batch_size: examples per evaluation batch (memory, not results); with a mesh,
+        rounded up to a multiple of its device count.
+      mesh: split each evaluation batch over the ``"data"`` axis of this mesh (each
+        device sums its share; one ``psum`` at the end). ``params``, ``x`` and ``y``
+        must be replicated on it.
 
     Returns:
       The compiled evaluation; ``loss`` is the mean per-example loss, ``correct`` the
@@ -215,6 +264,9 @@ def make_evaluate(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if mesh is not None:
+        num_shards = parallel.num_data_shards(mesh)
+        batch_size = -(-batch_size // num_shards) * num_shards
 
     @jax.jit
     def evaluate(params: Params, x: Array, y: Array):
@@ -225,24 +277,41 @@ def make_evaluate(
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         y = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1))
 
-        def body(totals, batch):
-            xb, yb, mb = batch
-            xb = _as_float(xb, params)
-            out = net.forward(params, xb)
-            per_example = net.per_example_loss(params, xb, yb)
-            labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
-            correct = jnp.argmax(out, axis=-1) == labels
-            loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
-            correct_sum = jnp.sum(jnp.where(mb, correct, False))
-            return (totals[0] + loss_sum, totals[1] + correct_sum), None
+        def sums(params, xs, ys, ms, *, local=False):
+            def body(totals, batch):
+                xb, yb, mb = batch
+                xb = _as_float(xb, params)
+                out = net.forward(params, xb)
+                per_example = net.per_example_loss(params, xb, yb)
+                labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
+                correct = jnp.argmax(out, axis=-1) == labels
+                loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
+                correct_sum = jnp.sum(jnp.where(mb, correct, False))
+                return (totals[0] + loss_sum, totals[1] + correct_sum), None
+
+            zero = jnp.zeros((), jnp.result_type(params[0]["w"]))
+            init = (zero, jnp.zeros((), jnp.int32))
+            if local:  # inside shard_map: each device's running totals differ
+                init = jax.lax.pcast(init, parallel.DATA_AXIS, to="varying")
+            return jax.lax.scan(body, init, (xs, ys, ms))[0]
 
         def split(a):
             return a.reshape((num_batches, batch_size) + a.shape[1:])
 
-        zero = jnp.zeros((), jnp.result_type(params[0]["w"]))
-        (loss_sum, correct), _ = jax.lax.scan(
-            body, (zero, jnp.zeros((), jnp.int32)), (split(x), split(y), split(mask))
-        )
+        batches = (split(x), split(y), split(mask))
+        if mesh is None:
+            loss_sum, correct = sums(params, *batches)
+        else:
+            # Each device takes its columns of every batch; sum the devices' totals.
+            spec = jax.sharding.PartitionSpec(None, parallel.DATA_AXIS)
+            sharding = jax.sharding.NamedSharding(mesh, spec)
+            batches = tuple(parallel.constrain(a, sharding) for a in batches)
+            loss_sum, correct = jax.shard_map(
+                lambda *args: jax.lax.psum(sums(*args, local=True), parallel.DATA_AXIS),
+                mesh=mesh,
+                in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
+                out_specs=jax.sharding.PartitionSpec(),
+            )(params, *batches)
         return {"loss": loss_sum / n, "accuracy": correct / n, "correct": correct}
 
     return evaluate
@@ -315,7 +384,7 @@ def make_optimizer(
 
 #: Default peak learning rate of each optimizer of :func:`make_optimizer`.
 DEFAULT_LEARNING_RATES = {
-    "sgd": 0.5,
+    "sgd": 1.0,
     "momentum": 0.05,
     "nesterov": 0.05,
     "adam": 2e-3,
@@ -361,6 +430,7 @@ def fit(
     start_epoch: int = 0,
     eval_batch_size: int = 1000,
     on_epoch: Callable[[TrainState, EpochLog], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, list[EpochLog], dict]:
     """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
 
@@ -381,6 +451,9 @@ def fit(
       eval_batch_size: evaluation batch size.
       on_epoch: called with ``(state, log)`` after each epoch (to print, to save a
         checkpoint).
+      mesh: train data-parallel over the ``"data"`` axis of this mesh: ``state`` and
+        both datasets are first replicated on it, each batch is split over its
+        devices (``batch_size`` must be divisible by their number).
 
     Returns:
       ``(state, logs, timing)``: the final state, one :class:`EpochLog` per epoch run,
@@ -390,15 +463,22 @@ def fit(
       DivergenceError: naming the first step whose loss was not finite.
     """
     x, y = (jnp.asarray(a) for a in train_data)
-    train_epoch = make_train_epoch(net, optimizer, batch_size=batch_size, grad=grad)
+    if mesh is not None:
+        state = replicate_train_state(state, mesh)
+        x, y = parallel.replicate((x, y), mesh)
+    train_epoch = make_train_epoch(
+        net, optimizer, batch_size=batch_size, grad=grad, mesh=mesh
+    )
     t0 = time.perf_counter()
     compiled = train_epoch.lower(state, x, y).compile()
     timing = {"compile_s": time.perf_counter() - t0, "eval_compile_s": 0.0}
     evaluate = None
     if test_data is not None:
         xt, yt = (jnp.asarray(a) for a in test_data)
+        if mesh is not None:
+            xt, yt = parallel.replicate((xt, yt), mesh)
         t0 = time.perf_counter()
-        evaluate = make_evaluate(net, batch_size=eval_batch_size)
+        evaluate = make_evaluate(net, batch_size=eval_batch_size, mesh=mesh)
         evaluate = evaluate.lower(state.params, xt, yt).compile()
         timing["eval_compile_s"] = time.perf_counter() - t0
     trained_per_epoch = (x.shape[0] // batch_size) * batch_size

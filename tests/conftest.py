@@ -15,8 +15,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def shared_data_dir() -> pathlib.Path:
     """The parent folder of real IDX files (``mnist/``, ``fashion-mnist/``).
 
-    Read from ``JAXBP_DATA_DIR`` (``.ci/run`` points it at ``../shared/data``); tests that
-    need real files are skipped with a reason when it is not set or not there.
+    Read from ``JAXBP_DATA_DIR`` (``.ci/run`` points it at ``../shared/data``); tests
+    that need real files are skipped with a reason when it is not set or not there.
     """
     value = os.environ.get("JAXBP_DATA_DIR")
     if not value:

@@ -1,0 +1,414 @@
+"""The command line: ``jaxbp train`` on tiny synthetic data, resume, errors, check."""
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxbp.data
+from jaxbp import checkpoint, cli, train
+from jaxbp.activations import ACTIVATIONS, Activation
+
+NUM_TRAIN, NUM_TEST = 600, 100
+# The base flags of every synthetic run; tests override single flags.
+FLAGS = {"--epochs": "2", "--batch-size": "32", "--hidden": "16"}
+STEPS_PER_EPOCH = NUM_TRAIN // 32
+_REAL_LOAD_DATASET = jaxbp.data.load_dataset
+
+
+# --- helpers
+def _load_any_size(name, split, **kwargs):
+    """``load_dataset`` without the check that a split holds 60,000/10,000 images."""
+    spec = jaxbp.data.dataset_spec(name)
+    splits = {k: v._replace(num_examples=None) for k, v in spec.splits.items()}
+    return _REAL_LOAD_DATASET(dataclasses.replace(spec, splits=splits), split, **kwargs)
+
+
+def _write_tiny_mnist(folder: pathlib.Path) -> None:
+    """600 train / 100 test 28x28 images; class ``c`` has bright rows ``2c..2c+2``."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", NUM_TRAIN), ("t10k", NUM_TEST)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for c in range(10):
+            images[labels == c, 2 * c : 2 * c + 3, :] = 250
+        jaxbp.data.write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        jaxbp.data.write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+def _argv(data_dir, out, *extra, **overrides):
+    """``train`` argv: ``FLAGS`` with ``overrides`` (``batch_size="8"``; None drops)."""
+    flags = dict(FLAGS)
+    for name, value in overrides.items():
+        flags["--" + name.replace("_", "-")] = value
+    argv = ["train", "--data-dir", str(data_dir), "--out", str(out)]
+    for flag, value in flags.items():
+        if value is not None:
+            argv += [flag, value]
+    return argv + list(extra)
+
+
+class Run(NamedTuple):
+    rc: int
+    out: pathlib.Path
+    stdout: str
+    stderr: str
+
+
+def _main(argv) -> tuple[int, str, str]:
+    """Runs ``jaxbp.cli.main`` in-process; returns ``(rc, stdout, stderr)``."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = cli.main(argv)
+    return rc, stdout.getvalue(), stderr.getvalue()
+
+
+def _metrics(out: pathlib.Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _assert_one_line_error(rc, stderr):
+    assert rc != 0
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("jaxbp"), stderr
+
+
+def _assert_params_equal(a, b):
+    assert len(a) == len(b)
+    for la, lb in zip(a, b, strict=True):
+        for name in ("w", "b"):
+            assert np.array_equal(np.asarray(la[name]), np.asarray(lb[name])), name
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("tiny-mnist")
+    _write_tiny_mnist(folder)
+    return folder
+
+
+@pytest.fixture
+def any_size(monkeypatch):
+    """Lets ``jaxbp train`` load the tiny synthetic splits."""
+    monkeypatch.setattr(jaxbp.data, "load_dataset", _load_any_size)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_data, tmp_path_factory) -> Run:
+    """One uninterrupted two-epoch run with ``FLAGS``, shared by several tests."""
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(jaxbp.data, "load_dataset", _load_any_size)
+        rc, stdout, stderr = _main(_argv(tiny_data, out))
+    return Run(rc, out, stdout, stderr)
+
+
+@pytest.fixture
+def baseline_copy(baseline, tmp_path) -> pathlib.Path:
+    """A copy of the baseline run folder that a test may change."""
+    return pathlib.Path(shutil.copytree(baseline.out, tmp_path / "run"))
+
+
+# --- jaxbp train
+def test_train_writes_metrics_checkpoint_and_curves(baseline):
+    assert baseline.rc == 0, baseline.stderr
+    out = baseline.out
+    metrics = _metrics(out)
+    config = metrics["config"]
+    assert config["sizes"] == [784, 16, 10]
+    assert config["epochs"] == 2 and config["batch_size"] == 32
+    assert config["grad"] == "manual" and config["dataset"] == "fashion_mnist"
+    assert metrics["train_examples"] == NUM_TRAIN
+    assert metrics["test_examples"] == NUM_TEST
+    assert metrics["steps_per_epoch"] == STEPS_PER_EPOCH
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["step"] for h in history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    for h in history:
+        assert math.isfinite(h["epoch_time_s"]) and h["epoch_time_s"] > 0
+        assert math.isfinite(h["train_loss"]) and math.isfinite(h["test_loss"])
+    assert metrics["epochs_done"] == 2
+    assert metrics["final_test_accuracy"] == history[-1]["test_accuracy"]
+    assert metrics["final_test_accuracy"] > 0.9  # the synthetic classes are easy
+    timing = metrics["timing"]
+    assert math.isfinite(timing["compile_s"]) and timing["compile_s"] > 0
+    assert timing["epoch_times_s"] == [h["epoch_time_s"] for h in history]
+    net, params, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
+    assert net.sizes == (784, 16, 10)
+    assert net.activation == config["activation"]
+    assert meta["config"] == config
+    assert meta["epoch"] == 2
+    assert meta["history"] == history
+    assert all(np.all(np.isfinite(layer["w"])) for layer in params)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_prints_one_line_per_epoch(baseline):
+    assert baseline.stderr == ""
+    lines = baseline.stdout.strip().splitlines()
+    assert len(lines) == 4, baseline.stdout
+    assert "12,730 parameters" in lines[0]
+    assert lines[1].startswith("epoch   1/2") and lines[2].startswith("epoch   2/2")
+    assert lines[3].startswith("final test accuracy")
+
+
+def test_final_accuracy_is_that_of_the_checkpoint(baseline, tiny_data):
+    net, params, _ = checkpoint.load_checkpoint(baseline.out / "checkpoint.npz")
+    images = jaxbp.data.read_idx(tiny_data / "t10k-images-idx3-ubyte.gz")
+    labels = jaxbp.data.read_idx(tiny_data / "t10k-labels-idx1-ubyte.gz")
+    x = images.reshape(NUM_TEST, -1).astype(np.float32) / 255
+    logits = np.asarray(net.forward(params, x))
+    accuracy = np.mean(np.argmax(logits, axis=1) == labels)
+    assert _metrics(baseline.out)["final_test_accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize(
+    ("flags", "sizes"),
+    [
+        (["--hidden", "32,16"], [784, 32, 16, 10]),
+        (["--hidden", "32", "--hidden", "16"], [784, 32, 16, 10]),
+        (["--hidden", "32, 16"], [784, 32, 16, 10]),
+        (["--hidden", "none"], [784, 10]),
+        ([], [784, 100, 10]),
+    ],
+)
+def test_hidden_flag_forms(flags, sizes):
+    args = cli.build_parser().parse_args(["train", *flags])
+    assert cli._train_config(args)["sizes"] == sizes
+
+
+# --- resume
+def test_interrupted_then_resumed_run_matches_uninterrupted(
+    baseline, tiny_data, tmp_path, monkeypatch, any_size
+):
+    out = tmp_path / "run"
+    real_save = checkpoint.save_checkpoint
+    calls = []
+
+    def save_then_interrupt(*args, **kwargs):
+        calls.append(kwargs.get("meta", {}).get("epoch"))
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "save_checkpoint", save_then_interrupt)
+        rc, _, stderr = _main(_argv(tiny_data, out))
+    assert rc == 130
+    assert stderr.strip() == "jaxbp: interrupted"
+    assert calls == [1, 2]
+    assert _metrics(out)["epochs_done"] == 1
+    _, _, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
+    assert meta["epoch"] == 1
+
+    rc, stdout, stderr = _main(_argv(tiny_data, out, "--resume"))
+    assert rc == 0, stderr
+    assert "epoch   1/2" not in stdout and "epoch   2/2" in stdout
+    _, resumed, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
+    _, uninterrupted, _ = checkpoint.load_checkpoint(baseline.out / "checkpoint.npz")
+    _assert_params_equal(resumed, uninterrupted)
+    # The history continues the interrupted one, and matches the baseline's.
+    history, expected = _metrics(out)["history"], _metrics(baseline.out)["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h, e in zip(history, expected, strict=True):
+        for key in ("step", "train_loss", "test_loss", "test_accuracy"):
+            assert h[key] == e[key], key
+    assert meta["history"] == history
+
+
+def test_resume_of_a_finished_run_does_nothing(baseline_copy, tiny_data, any_size):
+    before = (baseline_copy / "checkpoint.npz").read_bytes()
+    rc, stdout, stderr = _main(_argv(tiny_data, baseline_copy, "--resume"))
+    assert rc == 0, stderr
+    assert "already trained 2 epochs" in stdout
+    assert (baseline_copy / "checkpoint.npz").read_bytes() == before
+
+
+def test_existing_run_is_not_overwritten(baseline_copy, tiny_data, any_size):
+    before = (baseline_copy / "metrics.json").read_bytes()
+    rc, stdout, stderr = _main(_argv(tiny_data, baseline_copy))
+    _assert_one_line_error(rc, stderr)
+    assert "already holds a checkpoint" in stderr and "--resume" in stderr
+    assert stdout == ""
+    rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume", "--overwrite"))
+    _assert_one_line_error(rc, stderr)
+    assert "--overwrite" in stderr
+    assert (baseline_copy / "metrics.json").read_bytes() == before
+
+
+def test_resume_without_a_checkpoint_fails(tiny_data, tmp_path, any_size):
+    rc, _, stderr = _main(_argv(tiny_data, tmp_path / "run", "--resume"))
+    _assert_one_line_error(rc, stderr)
+    assert "no checkpoint" in stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("lr", "0.01", "lr"),
+        ("batch_size", "50", "batch_size"),
+        ("seed", "1", "seed"),
+        ("grad", "autodiff", "grad"),
+        ("activation", "leaky_relu", "activation"),
+        ("epochs", "3", "epochs"),
+        ("hidden", "16,10", "sizes"),
+        ("optimizer", "sgd", "optimizer"),
+        ("schedule", "constant", "schedule"),
+    ],
+)
+def test_resume_with_changed_flags_names_them(
+    baseline_copy, tiny_data, any_size, flag, value, named
+):
+    before = (baseline_copy / "checkpoint.npz").read_bytes()
+    rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume", **{flag: value}))
+    _assert_one_line_error(rc, stderr)
+    listed = re.search(r"different flags \(([^)]*)\)", stderr)
+    assert listed, stderr
+    assert named in listed[1].split(", ")
+    assert (baseline_copy / "checkpoint.npz").read_bytes() == before
+
+
+# --- bad flags and missing data
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"activation": "bogus"}, "invalid choice: 'bogus'"),
+        ({"lr": "-1"}, "--lr"),
+        ({"lr": "0"}, "--lr"),
+        ({"lr": "nan"}, "--lr"),
+        ({"batch_size": "0"}, "--batch-size"),
+        ({"batch_size": "1000"}, "exceeds the 600 training examples"),
+        ({"epochs": "0"}, "--epochs"),
+        ({"epochs": "two"}, "not an integer"),
+        ({"hidden": "a,b"}, "--hidden: 'a' is not an integer"),
+        ({"hidden": "16,0"}, "--hidden"),
+        ({"optimizer": "lbfgs"}, "--optimizer"),
+        ({"dataset": "cifar10"}, "--dataset"),
+        ({"dtype": "float16"}, "--dtype"),
+        ({"no_such_flag": "1"}, "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_fail_with_one_line(
+    tiny_data, tmp_path, any_size, overrides, message
+):
+    out = tmp_path / "run"
+    rc, stdout, stderr = _main(_argv(tiny_data, out, **overrides))
+    _assert_one_line_error(rc, stderr)
+    assert message in stderr
+    assert stdout == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["fit"], ["check", "--sizes", "5"]], ids=str)
+def test_bad_commands_fail_with_one_line(argv):
+    rc, _, stderr = _main(argv)
+    assert rc == 2
+    _assert_one_line_error(rc, stderr)
+
+
+def test_missing_data_dir_fails_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXBP_OFFLINE", "1")
+    missing = tmp_path / "no-such-folder"
+    out = tmp_path / "run"
+    rc, _, stderr = _main(_argv(missing, out))
+    assert rc == 1
+    _assert_one_line_error(rc, stderr)
+    assert str(missing / "train-images-idx3-ubyte.gz") in stderr
+    assert not out.exists()
+
+
+def test_missing_data_offline_fails_without_traceback(tmp_path, monkeypatch):
+    # No --data-dir: $JAXBP_DATA_DIR and the cache are searched, and offline mode
+    # forbids a download. The message lists what is missing and where it looked.
+    monkeypatch.setenv("JAXBP_OFFLINE", "1")
+    monkeypatch.setenv("JAXBP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JAXBP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--out", str(out), "--epochs", "1"]
+    rc, _, stderr = _main(argv)
+    assert rc == 1
+    assert "Traceback" not in stderr
+    assert stderr.startswith("jaxbp: error: ")
+    assert "train-images-idx3-ubyte.gz" in stderr and "JAXBP_OFFLINE" in stderr
+    assert not out.exists()
+    assert not (tmp_path / "cache").exists()  # nothing was downloaded
+
+
+def test_divergence_fails_with_one_line(tiny_data, tmp_path, any_size):
+    argv = _argv(tiny_data, tmp_path / "run", optimizer="sgd", lr="1e30", epochs="1")
+    rc, _, stderr = _main(argv)
+    assert rc == 1
+    _assert_one_line_error(rc, stderr)
+    assert "diverged" in stderr and "at step " in stderr
+
+
+@pytest.mark.parametrize("how", ["python -m jaxbp", "jaxbp script"])
+def test_real_entry_point_exit_status_and_message(how):
+    if how == "python -m jaxbp":
+        command = [sys.executable, "-m", "jaxbp"]
+    else:
+        script = pathlib.Path(sys.executable).parent / "jaxbp"
+        if not script.exists():
+            pytest.skip(f"no console script at {script}")
+        command = [str(script)]
+    result = subprocess.run(
+        [*command, "train", "--lr", "-1"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    _assert_one_line_error(result.returncode, result.stderr)
+    assert "--lr" in result.stderr
+    assert result.stdout == ""
+
+
+# --- jaxbp check
+def test_check_passes_and_prints_pass_rows(capsys):
+    rc = cli.main(["check", "--sizes", "20,8,3", "--fd-samples", "20"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = re.findall(r"^ +\d+ +[wb] +\(.*\bPASS$", out, flags=re.MULTILINE)
+    assert len(rows) == 3 * 4  # three comparisons, four leaves each
+    assert "FAIL" not in out
+    assert out.rstrip().endswith("all checks PASS")
+
+
+def test_check_fails_on_a_broken_derivative(capsys, monkeypatch):
+    tanh = ACTIVATIONS["tanh"]
+    broken = Activation("tanh", tanh.fn, lambda z, a: jnp.ones_like(z))  # not 1-a^2
+    monkeypatch.setitem(ACTIVATIONS, "tanh", broken)
+    # Sizes used nowhere else, so no compiled program from another test is reused.
+    argv = ["check", "--sizes", "11,7,3", "--activation", "tanh", "--fd-samples", "0"]
+    rc = cli.main(argv)
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "FAIL" in out
+    assert out.rstrip().endswith("some checks FAIL")
+
+
+# --- real data
+def test_one_epoch_on_fashion_mnist(shared_data_dir, tmp_path):
+    data_dir = shared_data_dir / "fashion-mnist"
+    if not (data_dir / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"no Fashion-MNIST training images in {data_dir}")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "fashion_mnist", "--data-dir", str(data_dir)]
+    argv += ["--epochs", "1", "--hidden", "32", "--batch-size", "128"]
+    rc, _, stderr = _main([*argv, "--out", str(out), "--quiet"])
+    assert rc == 0, stderr
+    metrics = _metrics(out)
+    assert metrics["train_examples"] == 60000 and metrics["test_examples"] == 10000
+    assert metrics["final_test_accuracy"] > 0.75
+    assert metrics["history"][0]["step"] == 60000 // 128
+    assert train.DEFAULT_LEARNING_RATES["adam"] == metrics["config"]["lr"]
