@@ -286,7 +286,7 @@ def make_evaluate(
                 labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
                 correct = jnp.argmax(out, axis=-1) == labels
                 loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
-                correct_sum = jnp.sum(jnp.where(mb, correct, False))
+                correct_sum = jnp.sum(jnp.where(mb, correct, False), dtype=jnp.int32)
                 return (totals[0] + loss_sum, totals[1] + correct_sum), None
 
             zero = jnp.zeros((), jnp.result_type(params[0]["w"]))

@@ -480,3 +480,15 @@ def test_training_separates_gaussian_blobs_with_either_gradient():
     chex.assert_trees_all_close(
         runs["manual"][0].params, runs["autodiff"][0].params, rtol=1e-3, atol=1e-4
     )
+
+
+def test_evaluate_under_x64_counts_in_int32():
+    # With x64 on, a sum of booleans is int64; the scan's int32 counter must still fit.
+    with jax.enable_x64(True):
+        net = MLP((4, 5, 3), "tanh")
+        params = net.init(jax.random.key(0), dtype=jnp.float64)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(23, 4)))
+        y = jnp.asarray(np.arange(23) % 3, jnp.int32)
+        result = train.make_evaluate(net, batch_size=10)(params, x, y)
+        expected = np.mean(np.argmax(np.asarray(net.forward(params, x)), -1) == y)
+        assert int(result["correct"]) == round(expected * 23)
