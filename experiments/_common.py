@@ -1,0 +1,149 @@
+"""Helpers shared by the experiment scripts: flags, result files, machine facts, plots.
+
+Not part of the library: the scripts in ``experiments/`` import it as a sibling module
+(``python experiments/NAME.py`` puts this folder first on ``sys.path``).
+"""
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+#: Where results go by default: ``experiments/results`` beside this file.
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every experiment has: ``--quick``, ``--out``.
+
+    Args:
+      doc: the script's module docstring; its first line is the description and the
+        rest is shown after the options.
+    """
+    first, _, rest = doc.strip().partition("\n")
+    parser = argparse.ArgumentParser(
+        description=first,
+        epilog=rest.strip() or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a seconds-long smoke run on tiny settings (for tests)",
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=RESULTS_DIR,
+        help="folder for the JSON/CSV/PNG results (default experiments/results)",
+    )
+    return parser
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded beside every result."""
+    device = jax.devices()[0]
+    return {
+        "jax_version": jax.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": f"{device.platform} ({device.device_kind})",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _jsonable(value):
+    """Converts NumPy/JAX scalars and arrays (and NaN) into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | jax.Array):
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else str(value)
+    return value
+
+
+def write_json(path: pathlib.Path, record: dict) -> pathlib.Path:
+    """Writes ``record`` as indented JSON (NaN becomes ``null``); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    return path
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
+    """Writes a list of flat dicts as CSV (columns from the first row)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(_jsonable(rows))
+    return path
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def time_interleaved(fns: dict, *, repeats: int, number: int) -> dict[str, dict]:
+    """Median seconds per call of several functions, timed interleaved.
+
+    Each function is a no-argument callable returning JAX arrays; it is called once
+    to warm up (compile), then ``repeats`` rounds each call every function ``number``
+    times in turn, so that load from other processes falls on all of them alike.
+
+    Returns:
+      ``{name: {"median_s", "min_s", "max_s", "samples_s"}}``, per call.
+    """
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                out = fn()
+            jax.block_until_ready(out)
+            samples[name].append((time.perf_counter() - t0) / number)
+    return {
+        name: {
+            "median_s": statistics.median(s),
+            "min_s": min(s),
+            "max_s": max(s),
+            "samples_s": s,
+        }
+        for name, s in samples.items()
+    }
+
+
+def human_seconds(seconds: float) -> str:
+    """``93.2`` -> ``"1.6 min"``; picks s, min, h, days or years."""
+    for unit, size in (
+        ("years", 365.25 * 86400),
+        ("days", 86400),
+        ("h", 3600),
+        ("min", 60),
+    ):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    return f"{seconds * 1e3:.3g} ms"
