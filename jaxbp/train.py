@@ -215,7 +215,7 @@ def make_train_epoch(
         if num_batches == 0:
             raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
         key, next_key = jax.random.split(state.key)
-        order = jax.random.permutation(key, n)[: num_batches * batch_size]
+        order = _shuffled_indices(key, n)[: num_batches * batch_size]
 
         def body(state, idx):
             if mesh is None:
@@ -231,6 +231,16 @@ def make_train_epoch(
         return state._replace(key=next_key), {"loss": losses}
 
     return train_epoch
+
+
+def _shuffled_indices(key: Array, n: int) -> Array:
+    """A uniformly random order of ``range(n)``: the argsort of ``n`` random words.
+
+    One sort instead of the two of ``jax.random.permutation`` (about half the cost
+    for n = 60,000 on a CPU). Equal words (about ``n^2 / 2^33`` pairs, under one per
+    epoch for MNIST) keep their index order, a negligible bias.
+    """
+    return jnp.argsort(jax.random.bits(key, (n,), jnp.uint32)).astype(jnp.int32)
 
 
 def _as_float(x: Array, params: Params) -> Array:
