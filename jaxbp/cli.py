@@ -177,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     tr.add_argument(
+        "--dp-clip",
+        type=_positive_float,
+        metavar="C",
+        help="DP-SGD: clip each example's gradient to L2 norm C (off by default; no "
+        "privacy accounting is done)",
+    )
+    tr.add_argument(
+        "--dp-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="DP-SGD: Gaussian noise std SIGMA * C on the sum of clipped gradients "
+        "(needs --dp-clip; default 0)",
+    )
+    tr.add_argument(
         "--devices",
         type=_positive_int,
         help="train data-parallel on this many local devices, each batch split "
@@ -263,6 +278,8 @@ def _train_config(args) -> dict:
         "epochs": args.epochs,
         "seed": args.seed,
         "dtype": args.dtype,
+        "dp_clip": args.dp_clip,
+        "dp_noise": args.dp_noise,
     }
 
 
@@ -335,6 +352,13 @@ def _plot_curves(path: pathlib.Path, history: list[dict], title: str) -> bool:
 def run_train(args) -> int:
     """``jaxbp train``."""
     config = _train_config(args)
+    if args.dp_noise and args.dp_clip is None:
+        raise UsageError("jaxbp train: --dp-noise needs --dp-clip")
+    if not args.dp_noise >= 0:
+        raise UsageError(f"jaxbp train: --dp-noise must be >= 0, got {args.dp_noise}")
+    dp = None
+    if args.dp_clip is not None:
+        dp = train.DPConfig(args.dp_clip, args.dp_noise)
     out = args.out or pathlib.Path("runs") / f"{args.dataset}-{args.grad}"
     ckpt_path = out / "checkpoint.npz"
     if args.resume and args.overwrite:
@@ -463,6 +487,7 @@ def run_train(args) -> int:
         start_epoch=start_epoch,
         on_epoch=on_epoch,
         mesh=mesh,
+        dp=dp,
     )
     timing.update(compile_timing)
     write_metrics()

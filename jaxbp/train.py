@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import parallel
+from jaxbp import parallel, per_example
 from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
@@ -116,13 +116,54 @@ def replicate_train_state(state: TrainState, mesh: jax.sharding.Mesh) -> TrainSt
     return parallel.replicate(state, mesh)
 
 
-def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None):
+class DPConfig(NamedTuple):
+    """DP-SGD for a training step (Abadi et al. 2016).
+
+    Each example's gradient is clipped to L2 norm ``l2_norm_clip`` (computed without
+    materialising per-example gradients, :mod:`jaxbp.per_example`), the clipped
+    gradients are averaged, and Gaussian noise of std ``noise_multiplier *
+    l2_norm_clip / B`` is added, with a key drawn per step by
+    :func:`jaxbp.per_example.dp_noise_key`. No privacy accounting is done here.
+    """
+
+    l2_norm_clip: float
+    noise_multiplier: float = 0.0
+
+
+def _check_dp(dp: DPConfig | None) -> None:
+    """Raises ValueError unless the clip is positive and the noise non-negative."""
+    if dp is None:
+        return
+    if not dp.l2_norm_clip > 0:
+        raise ValueError(f"l2_norm_clip must be positive, got {dp.l2_norm_clip}")
+    if not dp.noise_multiplier >= 0:
+        raise ValueError(
+            f"noise_multiplier must be non-negative, got {dp.noise_multiplier}"
+        )
+
+
+def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=None):
     """One optimisation step on a batch; returns the new state and the batch loss."""
-    value_and_grad = value_and_grad_fn(net, grad)
+    if dp is None:
+        value_and_grad = value_and_grad_fn(net, grad)
+    else:
+        # The clipped mean; its noise is added below, once, for the whole batch.
+        value_and_grad = per_example.make_dp_value_and_grad(
+            net, l2_norm_clip=dp.l2_norm_clip, method=grad
+        )
+
     if mesh is not None:
         # x and y split over "data"; the mean of the per-device gradients.
         value_and_grad = parallel.data_parallel(value_and_grad, mesh)
     loss, grads = value_and_grad(state.params, x, y)
+    if dp is not None and dp.noise_multiplier > 0:
+        grads = per_example.add_dp_noise(
+            grads,
+            per_example.dp_noise_key(state.key, state.step),
+            l2_norm_clip=dp.l2_norm_clip,
+            noise_multiplier=dp.noise_multiplier,
+            batch_size=x.shape[0],
+        )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
@@ -134,6 +175,7 @@ def make_train_step(
     *,
     grad: str = "manual",
     mesh: jax.sharding.Mesh | None = None,
+    dp: DPConfig | None = None,
 ) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict]]:
     """A jitted training step ``(state, (x, y)) -> (state, {"loss": scalar})``.
 
@@ -145,6 +187,8 @@ def make_train_step(
         replicated on it (:func:`replicate_train_state`). The batch may be a global
         array assembled from process-local rows (:func:`jaxbp.parallel.global_batch`)
         or anything else, which is split inside the step.
+      dp: clip per-example gradients and add noise (:class:`DPConfig`); the noise
+        key of each step is drawn from ``state.key`` and ``state.step``.
 
     Returns:
       The compiled step. ``x`` is ``(B, sizes[0])`` float, ``y`` labels ``(B,)`` or
@@ -155,6 +199,7 @@ def make_train_step(
         step is traced).
     """
     value_and_grad_fn(net, grad)  # validate `grad` eagerly
+    _check_dp(dp)
     if mesh is not None:
         parallel.num_data_shards(mesh)
 
@@ -163,7 +208,7 @@ def make_train_step(
         x, y = batch
         if mesh is not None:
             parallel.check_batch_size(x.shape[0], mesh)
-        state, loss = _apply_step(net, optimizer, grad, state, x, y, mesh=mesh)
+        state, loss = _apply_step(net, optimizer, grad, state, x, y, mesh=mesh, dp=dp)
         return state, {"loss": loss}
 
     return train_step
@@ -176,6 +221,7 @@ def make_train_epoch(
     batch_size: int,
     grad: str = "manual",
     mesh: jax.sharding.Mesh | None = None,
+    dp: DPConfig | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
     """A jitted epoch ``(state, x, y) -> (state, {"loss": (num_batches,)})``.
 
@@ -192,6 +238,7 @@ def make_train_epoch(
         and ``y`` must be replicated on it (:func:`replicate_train_state`,
         :func:`jaxbp.parallel.replicate`); each device gathers its own rows of every
         batch from its copy of the training set.
+      dp: DP-SGD clipping and noise for every step (:class:`DPConfig`).
 
     Returns:
       The compiled epoch. ``x`` is ``(N, sizes[0])`` float (or ``uint8`` pixels, which
@@ -203,6 +250,7 @@ def make_train_epoch(
         device count, or exceeds ``N`` (at call time).
     """
     value_and_grad_fn(net, grad)
+    _check_dp(dp)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if mesh is not None:
@@ -223,7 +271,7 @@ def make_train_epoch(
             else:
                 xb, yb = parallel.take_rows((x, y), idx, mesh)
                 xb = _as_float(xb, state.params)
-            return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh)
+            return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp)
 
         state, losses = jax.lax.scan(
             body, state, order.reshape(num_batches, batch_size)
@@ -441,6 +489,7 @@ def fit(
     eval_batch_size: int = 1000,
     on_epoch: Callable[[TrainState, EpochLog], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    dp: DPConfig | None = None,
 ) -> tuple[TrainState, list[EpochLog], dict]:
     """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
 
@@ -464,6 +513,7 @@ def fit(
       mesh: train data-parallel over the ``"data"`` axis of this mesh: ``state`` and
         both datasets are first replicated on it, each batch is split over its
         devices (``batch_size`` must be divisible by their number).
+      dp: train with DP-SGD's per-example clipping and noise (:class:`DPConfig`).
 
     Returns:
       ``(state, logs, timing)``: the final state, one :class:`EpochLog` per epoch run,
@@ -477,7 +527,7 @@ def fit(
         state = replicate_train_state(state, mesh)
         x, y = parallel.replicate((x, y), mesh)
     train_epoch = make_train_epoch(
-        net, optimizer, batch_size=batch_size, grad=grad, mesh=mesh
+        net, optimizer, batch_size=batch_size, grad=grad, mesh=mesh, dp=dp
     )
     t0 = time.perf_counter()
     compiled = train_epoch.lower(state, x, y).compile()

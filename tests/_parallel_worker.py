@@ -2,11 +2,12 @@
 
 Usage: ``python tests/_parallel_worker.py OUT.npz``. JAX must start with four CPU
 devices, so this runs in its own process. For each gradient (manual, autodiff) it
-computes one batch gradient, trains by single steps (:func:`make_train_step`) with SGD
-and Adam, and by whole epochs (:func:`fit`, which also evaluates) with Adam, each from
-the same start without a mesh (one device) and on meshes of 2 and 4 devices, and saves
-every result to ``OUT`` under ``"<case>/<grad>/<optimizer>/<devices>/<name>"``
-(``devices`` 0 for no mesh). A mesh of one device is tested in the pytest process.
+computes one batch gradient, trains by single steps (:func:`make_train_step`) with SGD,
+DP-SGD and Adam, and by whole epochs (:func:`fit`, which also evaluates) with Adam,
+each from the same start without a mesh (one device) and on meshes of 2 and 4
+devices, and saves every result to ``OUT`` under
+``"<case>/<grad>/<optimizer>/<devices>/<name>"`` (``devices`` 0 for no mesh). A mesh
+of one device is tested in the pytest process.
 """
 
 import sys
@@ -87,6 +88,19 @@ def main(out):
                 if n == 2 and grad == "manual" and opt_name == "sgd":
                     hlo = step.lower(state, batch).compile().as_text()
                     results["hlo_has_all_reduce"] = np.asarray("all-reduce" in hlo)
+
+                if opt_name == "sgd":
+                    # DP-SGD steps: per-device clipped means, one noise draw.
+                    dp = train.DPConfig(l2_norm_clip=0.5, noise_multiplier=0.7)
+                    dp_step = train.make_train_step(
+                        NET, optimizer, grad=grad, mesh=mesh, dp=dp
+                    )
+                    state = start
+                    if mesh is not None:
+                        state = train.replicate_train_state(state, mesh)
+                    for i in range(STEPS):
+                        state, _ = dp_step(state, (xs[i], ys[i]))
+                    _save(results, f"dp/{tag}/params", state.params)
 
                 if opt_name != "adam":
                     continue

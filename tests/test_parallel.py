@@ -318,6 +318,17 @@ def test_steps_give_the_single_device_params(worker_results, grad, opt, num_devi
 
 @pytest.mark.parametrize("grad", train.GRAD_KINDS)
 @pytest.mark.parametrize("num_devices", [2, 4])
+def test_dp_steps_give_the_single_device_params(worker_results, grad, num_devices):
+    # Each device clips its own examples; the noise is drawn once, for the global B.
+    one = _pick(worker_results, f"dp/{grad}/sgd/0/params")
+    many = _pick(worker_results, f"dp/{grad}/sgd/{num_devices}/params")
+    chex.assert_trees_all_close(many, one, **TOL)
+    plain = _pick(worker_results, f"step/{grad}/sgd/0/params")
+    assert not np.allclose(one[0], plain[0])  # clipping and noise did something
+
+
+@pytest.mark.parametrize("grad", train.GRAD_KINDS)
+@pytest.mark.parametrize("num_devices", [2, 4])
 def test_fit_gives_the_single_device_run(worker_results, grad, num_devices):
     one = f"fit/{grad}/adam/0"
     many = f"fit/{grad}/adam/{num_devices}"

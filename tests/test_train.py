@@ -492,3 +492,72 @@ def test_evaluate_under_x64_counts_in_int32():
         result = train.make_evaluate(net, batch_size=10)(params, x, y)
         expected = np.mean(np.argmax(np.asarray(net.forward(params, x)), -1) == y)
         assert int(result["correct"]) == round(expected * 23)
+
+
+# --- DP-SGD as a training option
+def _dp_setup():
+    net = MLP((6, 5, 3), "tanh")
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, size=8), jnp.int32)
+    opt = optax.sgd(0.1)
+    return net, opt, train.init_train_state(net, opt, jax.random.key(3)), x, y
+
+
+@pytest.mark.parametrize("grad", ["manual", "autodiff"])
+def test_dp_step_with_huge_clip_and_no_noise_is_the_plain_step(grad):
+    net, opt, state, x, y = _dp_setup()
+    plain = train.make_train_step(net, opt, grad=grad)(state, (x, y))[0]
+    dp = train.DPConfig(l2_norm_clip=1e30, noise_multiplier=0.0)
+    clipped = train.make_train_step(net, opt, grad=grad, dp=dp)(state, (x, y))[0]
+    chex.assert_trees_all_close(clipped.params, plain.params, rtol=1e-6, atol=1e-7)
+
+
+def test_dp_step_clips_each_example_and_adds_keyed_noise():
+    from jaxbp import per_example
+
+    net, opt, state, x, y = _dp_setup()
+    dp = train.DPConfig(l2_norm_clip=0.05, noise_multiplier=1.0)
+    step = train.make_train_step(net, opt, dp=dp)
+    new, metrics = step(state, (x, y))
+    # The update is -lr times the clipped mean plus the noise of this step's key.
+    _, clipped = per_example.clipped_grad(
+        net,
+        state.params,
+        x,
+        y,
+        l2_norm_clip=0.05,
+        noise_multiplier=1.0,
+        key=per_example.dp_noise_key(state.key, state.step),
+    )
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, clipped)
+    chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-7)
+    again, _ = step(state, (x, y))
+    chex.assert_trees_all_equal(again.params, new.params)
+    later, _ = step(new, (x, y))  # the next step draws other noise
+    assert not np.allclose(
+        np.asarray(later.params[0]["w"] - new.params[0]["w"]),
+        np.asarray(new.params[0]["w"] - state.params[0]["w"]),
+    )
+
+
+def test_dp_step_on_a_one_device_mesh_matches_no_mesh():
+    from jaxbp import parallel
+
+    net, opt, state, x, y = _dp_setup()
+    dp = train.DPConfig(l2_norm_clip=0.1, noise_multiplier=0.5)
+    mesh = parallel.make_data_mesh(1)
+    plain = train.make_train_step(net, opt, dp=dp)(state, (x, y))[0]
+    sharded = train.make_train_step(net, opt, dp=dp, mesh=mesh)(
+        train.replicate_train_state(state, mesh), (x, y)
+    )[0]
+    chex.assert_trees_all_close(sharded.params, plain.params, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "dp", [train.DPConfig(0.0, 0.0), train.DPConfig(-1.0), train.DPConfig(1.0, -0.5)]
+)
+def test_dp_config_is_checked_at_once(dp):
+    net, opt, *_ = _dp_setup()
+    with pytest.raises(ValueError, match="l2_norm_clip|noise_multiplier"):
+        train.make_train_epoch(net, opt, batch_size=4, dp=dp)
