@@ -74,7 +74,7 @@ def one_case(activation: str, loss: str, depth: int, batch: int, seed: int) -> d
         "num_params": net.num_params,
     }
     for dtype in ("float32", "float64"):
-        report = jaxbp.gradcheck(net, params, x, y, dtype=dtype, fd_dtype=dtype)
+        report = jaxbp.check_gradients(net, params, x, y, dtype=dtype, fd_dtype=dtype)
         manual_auto, manual_fd, auto_fd = report.comparisons
         for name, comp in (
             ("manual_vs_autodiff", manual_auto),
@@ -104,7 +104,7 @@ def diagnose_fd32(row: dict) -> dict:
         ("float64_at_float32_step", "float64", h32),
         ("float32_at_step_over_10", "float32", h32 / 10),
     ):
-        report = jaxbp.gradcheck(
+        report = jaxbp.check_gradients(
             net, params, x, y, dtype=dtype, fd_dtype=dtype, fd_step=step
         )
         out[label] = {

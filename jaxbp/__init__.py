@@ -1,50 +1,104 @@
 """jaxbp: backpropagation in JAX, a hand-derived backward pass beside jax.grad.
 
-The public API, re-exported from the modules that hold it:
+The public API, re-exported from the modules that hold it (data flows one way: data ->
+model -> gradients -> train -> CLI):
 
-* :class:`MLP` (``jaxbp.mlp``): the network spec with ``init``, ``forward``, ``loss``
-  and ``manual_grad``;
+* ``jaxbp.data``: MNIST and Fashion-MNIST from IDX files (local, cache, download);
 * ``jaxbp.activations`` and ``jaxbp.losses``: each function with its hand-derived
   derivative;
 * ``jaxbp.backward``: the delta rule on a forward cache;
+* ``jaxbp.mlp``: :class:`MLP`, the network spec with ``init``, ``forward``, ``loss``
+  and ``manual_grad``;
 * ``jaxbp.gradcheck``: manual vs ``jax.grad`` vs finite differences, leaf by leaf;
-* ``jaxbp.data``: MNIST and Fashion-MNIST from IDX files.
+* ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping;
+* ``jaxbp.parallel``: meshes and shardings for data-parallel training;
+* ``jaxbp.train`` and ``jaxbp.checkpoint``: training state, compiled step and epoch,
+  evaluation, ``fit``, atomic checkpoints;
+* ``jaxbp.cli``: the ``jaxbp`` command.
 """
 
+from jaxbp import activations
+from jaxbp import backward
+from jaxbp import checkpoint
+from jaxbp import data
+from jaxbp import gradcheck
+from jaxbp import losses
+from jaxbp import mlp
+from jaxbp import parallel
+from jaxbp import per_example
+from jaxbp import train
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.activations import Activation
 from jaxbp.activations import get_activation
+from jaxbp.checkpoint import load_checkpoint
+from jaxbp.checkpoint import load_params
+from jaxbp.checkpoint import save_checkpoint
 from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
 from jaxbp.data import to_float
 from jaxbp.gradcheck import GradCheckReport
-from jaxbp.gradcheck import assert_gradcheck
+from jaxbp.gradcheck import assert_gradients_agree
+from jaxbp.gradcheck import check_gradients
 from jaxbp.gradcheck import compare_grads
 from jaxbp.gradcheck import finite_difference_grad
-from jaxbp.gradcheck import gradcheck
 from jaxbp.losses import LOSSES
 from jaxbp.losses import Loss
 from jaxbp.losses import get_loss
 from jaxbp.mlp import MLP
+from jaxbp.per_example import clipped_grad
+from jaxbp.per_example import per_example_grad_norms
+from jaxbp.per_example import per_example_grads
+from jaxbp.train import DPConfig
+from jaxbp.train import TrainState
+from jaxbp.train import fit
+from jaxbp.train import init_train_state
+from jaxbp.train import make_evaluate
+from jaxbp.train import make_optimizer
+from jaxbp.train import make_train_epoch
+from jaxbp.train import make_train_step
 
 __version__ = "0.1.0"
 
 __all__ = (
     "ACTIVATIONS",
     "Activation",
+    "DPConfig",
     "GradCheckReport",
     "LOSSES",
     "Loss",
     "MLP",
-    "assert_gradcheck",
+    "TrainState",
+    "activations",
+    "assert_gradients_agree",
+    "backward",
+    "check_gradients",
+    "checkpoint",
+    "clipped_grad",
     "compare_grads",
+    "data",
     "finite_difference_grad",
+    "fit",
     "get_activation",
     "get_loss",
     "gradcheck",
+    "init_train_state",
+    "load_checkpoint",
     "load_dataset",
+    "load_params",
     "load_xy",
+    "losses",
+    "make_evaluate",
+    "make_optimizer",
+    "make_train_epoch",
+    "make_train_step",
+    "mlp",
     "one_hot",
+    "parallel",
+    "per_example",
+    "per_example_grad_norms",
+    "per_example_grads",
+    "save_checkpoint",
     "to_float",
+    "train",
 )

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxbp import checkpoint, data, parallel, train
 from jaxbp.activations import ACTIVATIONS
-from jaxbp.gradcheck import gradcheck
+from jaxbp.gradcheck import check_gradients
 from jaxbp.losses import LOSSES
 from jaxbp.mlp import MLP
 
@@ -240,7 +240,7 @@ def run_check(args) -> int:
     else:
         y = jax.random.uniform(ky, (args.batch_size, 1))
     fd_samples = None if args.fd_samples < 0 else args.fd_samples
-    report = gradcheck(
+    report = check_gradients(
         net,
         params,
         x,

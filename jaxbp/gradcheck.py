@@ -1,6 +1,7 @@
 """Manual gradients against ``jax.grad`` and central finite differences, leaf by leaf.
 
-:func:`gradcheck` computes the gradient of an :class:`~jaxbp.MLP`'s loss three ways:
+:func:`check_gradients` computes the gradient of an :class:`~jaxbp.MLP`'s loss three
+ways:
 
 * **manual**: the hand-derived delta rule (:meth:`~jaxbp.MLP.manual_grad`);
 * **autodiff**: ``jax.grad(net.loss)``;
@@ -15,7 +16,7 @@ error of a difference quotient (about ``eps_32 / h``) swamps the comparison.
 
 Use it in a test suite as a one-liner::
 
-    jaxbp.assert_gradcheck(net, params, x, y)
+    jaxbp.assert_gradients_agree(net, params, x, y)
 """
 
 import dataclasses
@@ -102,7 +103,7 @@ class Comparison:
 
 @dataclasses.dataclass(frozen=True)
 class GradCheckReport:
-    """The result of :func:`gradcheck`: several :class:`Comparison` tables."""
+    """The result of :func:`check_gradients`: several :class:`Comparison` tables."""
 
     network: str
     batch_size: int
@@ -314,7 +315,7 @@ def _cast_batch(x, y, dtype):
     return jnp.asarray(x, dtype), y
 
 
-def gradcheck(
+def check_gradients(
     net: MLP,
     params: Params,
     x: Array,
@@ -359,7 +360,7 @@ def gradcheck(
       >>> net = MLP((3, 4, 2), activation="tanh")
       >>> params = net.init(jax.random.key(0))
       >>> x, y = jnp.ones((5, 3)), jnp.array([0, 1, 1, 0, 1])
-      >>> gradcheck(net, params, x, y).passed
+      >>> check_gradients(net, params, x, y).passed
       True
     """
     if dtype is None:
@@ -426,14 +427,16 @@ def _fd_noise(value, dtype, step: float) -> float:
     return 10 * float(np.finfo(dtype).eps) * max(1.0, abs(float(value))) / step
 
 
-def assert_gradcheck(net: MLP, params: Params, x: Array, y: Array, **kwargs) -> None:
-    """One-line assertion for test suites: :func:`gradcheck` must pass.
+def assert_gradients_agree(
+    net: MLP, params: Params, x: Array, y: Array, **kwargs
+) -> None:
+    """One-line assertion for test suites: :func:`check_gradients` must pass.
 
     Args:
-      net, params, x, y: as for :func:`gradcheck`.
-      **kwargs: passed to :func:`gradcheck`.
+      net, params, x, y: as for :func:`check_gradients`.
+      **kwargs: passed to :func:`check_gradients`.
 
     Raises:
       AssertionError: with the full per-leaf table when any comparison fails.
     """
-    gradcheck(net, params, x, y, **kwargs).assert_passed()
+    check_gradients(net, params, x, y, **kwargs).assert_passed()

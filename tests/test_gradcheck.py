@@ -76,7 +76,7 @@ _GOOD = [
 def test_gradcheck_passes_on_good_nets(net, targets, dtype):
     params = _params(net)
     x, y = _batch(net, targets)
-    report = jaxbp.gradcheck(net, params, x, y, dtype=dtype)
+    report = jaxbp.check_gradients(net, params, x, y, dtype=dtype)
     assert report.passed, str(report)
     assert report.network == str(net) and report.batch_size == BATCH
     assert [(c.left, c.right) for c in report.comparisons] == [
@@ -94,7 +94,7 @@ def test_gradcheck_passes_on_good_nets(net, targets, dtype):
             assert leaf.max_rel <= leaf.rtol and leaf.max_abs >= 0
     assert report.comparisons[0].leaves[0].rtol == GRAD_RTOL[dtype]
     assert report.comparisons[1].leaves[0].rtol == FD_RTOL["float64"]
-    jaxbp.assert_gradcheck(net, params, x, y, dtype=dtype)
+    jaxbp.assert_gradients_agree(net, params, x, y, dtype=dtype)
 
 
 def test_gradcheck_default_dtype_is_the_params_dtype():
@@ -102,10 +102,10 @@ def test_gradcheck_default_dtype_is_the_params_dtype():
     with jax.enable_x64(True):
         params = _params(net, "float64")
         x, y = _batch(net, dtype="float64")
-        report = jaxbp.gradcheck(net, params, x, y, finite_differences=False)
+        report = jaxbp.check_gradients(net, params, x, y, finite_differences=False)
     assert report.comparisons[0].dtype == "float64"
     assert report.passed
-    report = jaxbp.gradcheck(net, _params(net), x, y, finite_differences=False)
+    report = jaxbp.check_gradients(net, _params(net), x, y, finite_differences=False)
     assert report.comparisons[0].dtype == "float32"
 
 
@@ -113,7 +113,7 @@ def test_report_table():
     net = _GOOD[1][0]
     params = _params(net)
     x, y = _batch(net)
-    text = str(jaxbp.gradcheck(net, params, x, y))
+    text = str(jaxbp.check_gradients(net, params, x, y))
     assert text.startswith(f"gradcheck: {net}, batch {BATCH}")
     assert f"{MANUAL} vs {AUTO} [float32]" in text
     assert f"{MANUAL} vs {FD} [float64]  (central differences, h=1e-06)" in text
@@ -132,7 +132,7 @@ def test_report_table():
 def test_without_finite_differences():
     net = _GOOD[0][0]
     x, y = _batch(net)
-    report = jaxbp.gradcheck(net, _params(net), x, y, finite_differences=False)
+    report = jaxbp.check_gradients(net, _params(net), x, y, finite_differences=False)
     assert len(report.comparisons) == 1 and report.passed
 
 
@@ -141,7 +141,7 @@ def test_fd_samples_limits_the_checked_count(samples):
     net = _GOOD[1][0]
     params = _params(net)
     x, y = _batch(net)
-    report = jaxbp.gradcheck(net, params, x, y, fd_samples=samples, seed=1)
+    report = jaxbp.check_gradients(net, params, x, y, fd_samples=samples, seed=1)
     assert report.passed, str(report)
     manual_vs_auto, *against_fd = report.comparisons
     for leaf in manual_vs_auto.leaves:
@@ -164,9 +164,9 @@ def test_gradcheck_fails_on_a_wrong_derivative(monkeypatch):
     net = jaxbp.MLP(SIZES[2], activation="tanh")
     params = _params(net)
     x, y = _batch(net)
-    assert jaxbp.gradcheck(net, params, x, y).passed
+    assert jaxbp.check_gradients(net, params, x, y).passed
     _wrong_tanh(monkeypatch)
-    report = jaxbp.gradcheck(net, params, x, y)
+    report = jaxbp.check_gradients(net, params, x, y)
     assert not report.passed
     manual_vs_auto, manual_vs_fd, auto_vs_fd = report.comparisons
     # The manual side is wrong: it disagrees with both references, which agree.
@@ -185,7 +185,7 @@ def test_gradcheck_fails_on_a_wrong_derivative(monkeypatch):
     assert "some checks FAIL" in text
     assert f"{MANUAL} vs {AUTO}" in text
     with pytest.raises(AssertionError, match="gradients disagree") as info:
-        jaxbp.assert_gradcheck(net, params, x, y)
+        jaxbp.assert_gradients_agree(net, params, x, y)
     message = str(info.value)
     assert f"{MANUAL} vs {AUTO} [float32]" in message
     assert "FAIL" in message and "PASS" in message
@@ -276,7 +276,7 @@ def test_gradcheck_fails_on_nan_params():
     params = _params(net)
     params[0] = dict(params[0], b=params[0]["b"].at[0].set(jnp.nan))
     x, y = _batch(net)
-    report = jaxbp.gradcheck(net, params, x, y)
+    report = jaxbp.check_gradients(net, params, x, y)
     assert not report.passed
     with pytest.raises(AssertionError, match="gradients disagree"):
         report.assert_passed()
@@ -306,6 +306,6 @@ def test_gradcheck_float64_fd_on_float32_params():
     net = _GOOD[3][0]
     params = _params(net)
     x, y = _batch(net, "float")
-    report = jaxbp.gradcheck(net, params, x, y, fd_dtype="float64")
+    report = jaxbp.check_gradients(net, params, x, y, fd_dtype="float64")
     assert report.passed, str(report)
     assert all(c.dtype == "float64" for c in report.comparisons[1:])
