@@ -151,3 +151,42 @@ def test_training_curves(quick_runs):
     with (out / "training_curves.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 2
     _png(out / "training_curves.png")
+
+
+# --- the benchmarks and the MNIST proxy: --quick runs end to end
+def _run_quick(name, out, *extra):
+    env = os.environ.copy()
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return subprocess.run(
+        [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--quick", "--out", str(out)]
+        + list(extra),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=TIMEOUT_S,
+    )
+
+
+def test_bench_speed_quick(tmp_path):
+    proc = _run_quick("bench_speed", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    record = json.loads((tmp_path / "bench_speed_quick.json").read_text())
+    text = json.dumps(record)
+    assert "jaxbp" in text and "numpy" in text
+    assert "samples" in text
+
+
+def test_per_example_bench_quick(tmp_path):
+    proc = _run_quick("per_example_bench", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert (tmp_path / "per_example_bench_quick.json").stat().st_size > 100
+
+
+def test_mnist_proxy_quick(tmp_path, shared_data_dir):
+    proc = _run_quick("mnist_proxy", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    record = json.loads((tmp_path / "mnist_proxy.json").read_text())
+    assert set(record["runs"]) == {"784-512-512-10 relu adam", "784-30-10 sigmoid sgd"}
+    for run in record["runs"].values():
+        assert 0.5 < run["test_accuracy"] <= 1
