@@ -16,7 +16,6 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Any
 
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp._atomic import write_atomically
 from jaxbp.mlp import MLP, Params
 from jaxbp.train import TrainState
 
@@ -75,33 +75,8 @@ def save_checkpoint(
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, buffer.getvalue())
     return path
-
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-    """Makes a rename in ``folder`` durable (best effort where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

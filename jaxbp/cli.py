@@ -9,11 +9,9 @@ with a one-line message and a non-zero exit status, never a traceback.
 
 import argparse
 import json
-import os
 import pathlib
 import platform
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -21,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import checkpoint, data, parallel, train
+from jaxbp._atomic import write_atomically
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.gradcheck import check_gradients
 from jaxbp.losses import LOSSES
@@ -311,18 +310,7 @@ def _load_split(args, split: str):
 
 def _write_json(path: pathlib.Path, record: dict) -> None:
     """Writes JSON atomically (temp file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def _plot_curves(path: pathlib.Path, history: list[dict], title: str) -> bool:

@@ -15,11 +15,11 @@ import http.client
 import os
 import pathlib
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
+from jaxbp._atomic import atomic_file
 from jaxbp.data.errors import ChecksumError, DownloadError
 
 __all__ = ["ArchiveSpec", "download_archive", "file_checksum"]
@@ -139,16 +139,9 @@ def _download_verified(
     stream: TextIO | None,
 ) -> None:
     """Streams ``url`` to a temporary file, verifies it, then renames it into place."""
-    fd, tmp_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
-    tmp_path = pathlib.Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            digest = _stream_to_file(url, f, archive, timeout=timeout, stream=stream)
-            f.flush()
-            os.fsync(f.fileno())
-        received = tmp_path.stat().st_size
+    with atomic_file(destination, suffix=".part") as f:
+        digest = _stream_to_file(url, f, archive, timeout=timeout, stream=stream)
+        received = f.tell()
         wrong_size = archive.size is not None and received != archive.size
         if digest != archive.checksum.lower() or wrong_size:
             expected_size = "" if archive.size is None else f" ({archive.size} bytes)"
@@ -157,11 +150,6 @@ def _download_verified(
                 f"{archive.checksum.lower()}{expected_size}, "
                 f"got {digest} ({received} bytes)"
             )
-        os.replace(tmp_path, destination)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    _fsync_folder(destination.parent)
 
 
 def _stream_to_file(
@@ -216,17 +204,3 @@ def _show_progress(
     stream.write(f"\rdownloading {url}: {text}")
     stream.flush()
     return percent
-
-
-def _fsync_folder(folder: pathlib.Path) -> None:
-    """Makes a rename in ``folder`` durable where the OS allows it (POSIX)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -18,13 +18,13 @@ import math
 import os
 import pathlib
 import struct
-import tempfile
 import types
 import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
+from jaxbp._atomic import write_atomically
 from jaxbp.data.errors import CorruptFileError
 
 __all__ = ["IDX_TYPE_CODES", "read_idx", "write_idx"]
@@ -123,7 +123,7 @@ def write_idx(
         compress = path.suffix == ".gz"
     if compress:
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    _write_atomically(path, data)
+    write_atomically(path, data)
 
 
 def _gunzip(data: bytes, path: pathlib.Path) -> bytes:
@@ -181,19 +181,3 @@ def _decode_idx(data: bytes, path: pathlib.Path) -> np.ndarray:
     payload = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims)
     # One copy: native byte order, writable, and not pinning the decompressed bytes.
     return payload.astype(dtype.newbyteorder("="))
-
-
-def _write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it."""
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
