@@ -124,6 +124,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
       >>> net.forward(params, x).argmax(-1)  # doctest: +SKIP
     """
     arrays, meta = _read(path)
+    net, params = _net_and_params(arrays, meta, path)
+    return net, params, meta
+
+
+def _net_and_params(arrays: dict, meta: dict, path) -> tuple[MLP, Params]:
+    """The network spec and parameters held by a read checkpoint."""
     net = MLP(**{**meta["net"], "sizes": tuple(meta["net"]["sizes"])})
     try:
         params = [
@@ -133,7 +139,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
     except KeyError as e:
         raise CheckpointError(f"checkpoint {path} lacks {e}") from None
     net.check_params(params)
-    return net, params, meta
+    return net, params
 
 
 def load_params(path: str | os.PathLike) -> Params:
@@ -159,7 +165,7 @@ def restore_train_state(
       CheckpointError: if the file does not fit the template.
     """
     arrays, meta = _read(path)
-    net, params, _ = load_checkpoint(path)
+    net, params = _net_and_params(arrays, meta, path)
     if len(params) != len(template.params):
         raise CheckpointError(
             f"checkpoint {path} holds {net} with {len(params)} layers but the run "

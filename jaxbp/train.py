@@ -338,9 +338,9 @@ def make_evaluate(
         def sums(params, xs, ys, ms, *, local=False):
             def body(totals, batch):
                 xb, yb, mb = batch
-                xb = _as_float(xb, params)
-                out = net.forward(params, xb)
-                per_example = net.per_example_loss(params, xb, yb)
+                xb, targets = net.check_batch(params, _as_float(xb, params), yb)
+                out = net.forward(params, xb)  # one forward pass for loss and accuracy
+                per_example = net.loss_fn.per_example(out, targets)
                 labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
                 correct = jnp.argmax(out, axis=-1) == labels
                 loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
