@@ -201,15 +201,31 @@ class MLP:
           ``(loss, grads)``: a scalar and a pytree shaped like ``params``.
         """
         x, targets = self.check_batch(params, x, y)
-        cache, deltas = self._deltas(params, x, targets)
+        cache, deltas = self.deltas(params, x, targets)
         value = self.loss_fn.value(cache.a[-1], targets)
         return value, backward.grads_from_deltas(cache, deltas)
 
     def _cache(self, params: Params, x: Array) -> backward.ForwardCache:
         return backward.forward_pass(params, x, self.hidden, self.output)
 
-    def _deltas(self, params, x, targets, *, batch_mean=True):
-        """The forward cache and ``[delta_1..delta_L]`` of the mean (or each) loss."""
+    def deltas(
+        self, params: Params, x: Array, targets: Array, *, batch_mean: bool = True
+    ) -> tuple[backward.ForwardCache, list[Array]]:
+        """The forward cache and the error signals ``delta_l = dL/dz_l`` of every layer.
+
+        The hand-derived rule (no autodiff): ``delta_L = dl/da_L * f'(z_L)``, then
+        ``delta_{l-1} = (delta_l W_l^T) * f'(z_{l-1})``.
+
+        Args:
+          params: the parameter list.
+          x: inputs ``(B, sizes[0])`` as returned by :meth:`check_batch`.
+          targets: float targets ``(B, sizes[-1])`` as returned by :meth:`check_batch`.
+          batch_mean: deltas of the mean loss (divided by ``B``, the default) or of
+            each example's own loss.
+
+        Returns:
+          ``(cache, [delta_1, ..., delta_L])`` with ``delta_l`` shaped ``(B, n_l)``.
+        """
         cache = self._cache(params, x)
         delta_out = backward.output_delta(cache, targets, self.output, self.loss_fn)
         if batch_mean:
@@ -363,7 +379,7 @@ def _manual_vjp_loss(net: MLP, params: Params, x: Array, targets: Array) -> Arra
 
 
 def _manual_vjp_fwd(net, params, x, targets):
-    cache, deltas = net._deltas(params, x, targets)
+    cache, deltas = net.deltas(params, x, targets)
     value = net.loss_fn.value(cache.a[-1], targets)
     return value, (params, cache, deltas, targets)
 

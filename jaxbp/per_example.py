@@ -53,7 +53,7 @@ def _per_example_deltas(net: MLP, params: Params, x: Array, y: Array):
     """Checked targets, the forward cache and the unscaled per-example deltas."""
     x, targets = net.check_batch(params, x, y)
     # delta_{L,i} = dl_i/dz_{L,i}: the gradient of each example's own loss (no 1/B)
-    cache, deltas = net._deltas(params, x, targets, batch_mean=False)
+    cache, deltas = net.deltas(params, x, targets, batch_mean=False)
     return targets, cache, deltas
 
 
