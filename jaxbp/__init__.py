@@ -12,27 +12,36 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.gradcheck``: manual vs ``jax.grad`` vs finite differences, leaf by leaf;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping;
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
+* ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
+* ``jaxbp.optim``: optimizers and learning-rate schedules by name;
 * ``jaxbp.train`` and ``jaxbp.checkpoint``: training state, compiled step and epoch,
   evaluation, ``fit``, atomic checkpoints;
+* ``jaxbp.config``: :class:`TrainConfig`, the one description of a run, and ``setup``,
+  which builds its network, optimizer, data and initial state;
 * ``jaxbp.cli``: the ``jaxbp`` command.
 """
 
 from jaxbp import activations
 from jaxbp import backward
 from jaxbp import checkpoint
+from jaxbp import config
 from jaxbp import data
 from jaxbp import gradcheck
 from jaxbp import losses
 from jaxbp import mlp
+from jaxbp import optim
 from jaxbp import parallel
 from jaxbp import per_example
 from jaxbp import train
+from jaxbp import validation
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.activations import Activation
 from jaxbp.activations import get_activation
 from jaxbp.checkpoint import load_checkpoint
 from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
+from jaxbp.config import TrainConfig
+from jaxbp.config import TrainSetup
 from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
@@ -46,6 +55,7 @@ from jaxbp.losses import LOSSES
 from jaxbp.losses import Loss
 from jaxbp.losses import get_loss
 from jaxbp.mlp import MLP
+from jaxbp.optim import make_optimizer
 from jaxbp.per_example import clipped_grad
 from jaxbp.per_example import per_example_grad_norms
 from jaxbp.per_example import per_example_grads
@@ -54,7 +64,6 @@ from jaxbp.train import TrainState
 from jaxbp.train import fit
 from jaxbp.train import init_train_state
 from jaxbp.train import make_evaluate
-from jaxbp.train import make_optimizer
 from jaxbp.train import make_train_epoch
 from jaxbp.train import make_train_step
 
@@ -68,6 +77,8 @@ __all__ = (
     "LOSSES",
     "Loss",
     "MLP",
+    "TrainConfig",
+    "TrainSetup",
     "TrainState",
     "activations",
     "assert_gradients_agree",
@@ -76,6 +87,7 @@ __all__ = (
     "checkpoint",
     "clipped_grad",
     "compare_grads",
+    "config",
     "data",
     "finite_difference_grad",
     "fit",
@@ -94,6 +106,7 @@ __all__ = (
     "make_train_step",
     "mlp",
     "one_hot",
+    "optim",
     "parallel",
     "per_example",
     "per_example_grad_norms",
@@ -101,4 +114,5 @@ __all__ = (
     "save_checkpoint",
     "to_float",
     "train",
+    "validation",
 )

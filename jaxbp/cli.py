@@ -3,40 +3,59 @@
 ``jaxbp check`` prints the per-leaf report of manual against autodiff (and finite
 difference) gradients; ``jaxbp train`` trains an MLP on MNIST or Fashion-MNIST and
 writes ``metrics.json``, ``checkpoint.npz`` and ``curves.png`` to ``--out``;
-``jaxbp download`` fetches a dataset into the cache. Bad flags and missing data end
-with a one-line message and a non-zero exit status, never a traceback.
+``jaxbp download`` fetches a dataset into the cache.
+
+``jaxbp train`` is input and output around :mod:`jaxbp.config`: its flags make a
+:class:`~jaxbp.config.TrainConfig` (whose defaults are the flags' defaults),
+:func:`~jaxbp.config.setup` and :func:`~jaxbp.config.fit` do the work, and this module
+prints, checkpoints and writes ``metrics.json``. Every error is one
+``jaxbp <command>: error: ...`` message and a non-zero exit status, never a traceback.
 """
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import platform
+import re
 import sys
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import checkpoint, data, parallel, train
+from jaxbp import checkpoint, data, optim, parallel, train
 from jaxbp._atomic import write_atomically
 from jaxbp.activations import ACTIVATIONS
+from jaxbp.config import DTYPES, TrainConfig, TrainSetup, fit, setup
 from jaxbp.gradcheck import check_gradients
 from jaxbp.losses import LOSSES
 from jaxbp.mlp import MLP
 
-DATASETS = ("fashion_mnist", "mnist")
+DATASETS = tuple(data.DATASETS)
+#: ``jaxbp train``'s defaults: those of :class:`~jaxbp.config.TrainConfig`.
+TRAIN_DEFAULTS = TrainConfig()
 
 
 class UsageError(Exception):
-    """A bad flag or flag combination, reported as one line."""
+    """A bad flag or flag combination, reported as one line.
+
+    Args:
+      message: what is wrong (without the ``jaxbp <command>: error:`` prefix).
+      prog: the command it is about (``"jaxbp train"``); ``None`` for the one being
+        run.
+    """
+
+    def __init__(self, message: str, *, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, not usage plus message."""
 
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message, prog=self.prog)
 
 
 def _positive_int(text: str) -> int:
@@ -49,14 +68,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _float(text: str, *, positive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    ok = value > 0 if positive else value >= 0
+    if not ok or not np.isfinite(value):
+        which = "positive" if positive else "non-negative"
+        raise argparse.ArgumentTypeError(f"must be a {which} number, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _float(text, positive=True)
+
+
+def _nonnegative_float(text: str) -> float:
+    return _float(text, positive=False)
 
 
 def _widths(text: str) -> list[int]:
@@ -73,24 +102,27 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _add_net_flags(p: argparse.ArgumentParser, *, activation: str) -> None:
+def _add_net_flags(
+    p: argparse.ArgumentParser, *, activation: str, output_activation: str, loss: str
+) -> None:
     p.add_argument(
         "--activation",
         default=activation,
         choices=sorted(ACTIVATIONS),
-        help=f"hidden-layer activation (default {activation})",
+        help="hidden-layer activation (default: %(default)s)",
     )
     p.add_argument(
         "--output-activation",
-        default="identity",
+        default=output_activation,
         choices=sorted(ACTIVATIONS),
-        help="output activation (default identity; softmax cross-entropy needs it)",
+        help="output activation; softmax cross-entropy needs identity "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--loss",
-        default="softmax_cross_entropy",
+        default=loss,
         choices=sorted(LOSSES),
-        help="objective, the mean over the batch (default softmax_cross_entropy)",
+        help="objective, the mean over the batch (default: %(default)s)",
     )
 
 
@@ -115,26 +147,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--sizes",
         type=_sizes,
         default=(784, 100, 10),
-        help="layer widths, input first (default 784,100,10)",
+        help="layer widths, input first (default: 784,100,10)",
     )
-    _add_net_flags(check, activation="sigmoid")
-    check.add_argument("--batch-size", type=_positive_int, default=16)
+    _add_net_flags(
+        check,
+        activation="sigmoid",
+        output_activation="identity",
+        loss="softmax_cross_entropy",
+    )
+    check.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=16,
+        help="examples in the random batch (default: %(default)s)",
+    )
     check.add_argument(
         "--dtype",
-        choices=("float32", "float64"),
+        choices=DTYPES,
         default="float32",
-        help="dtype of manual vs autodiff (default float32)",
+        help="dtype of manual vs autodiff (default: %(default)s)",
     )
     check.add_argument(
         "--fd-samples",
         type=int,
         default=200,
-        help="coordinates per leaf to check by finite differences in float64 "
-        "(default 200; 0 skips them, -1 checks every parameter)",
+        help="coordinates per leaf to check by finite differences in float64; 0 "
+        "skips them, -1 checks every parameter (default: %(default)s)",
     )
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the parameters, the batch and the sampled coordinates "
+        "(default: %(default)s)",
+    )
     check.set_defaults(func=run_check)
 
+    d = TRAIN_DEFAULTS
     tr = sub.add_parser(
         "train",
         help="train an MLP on MNIST or Fashion-MNIST",
@@ -142,77 +191,127 @@ def build_parser() -> argparse.ArgumentParser:
         "gradient. Writes metrics.json, checkpoint.npz and (with matplotlib) "
         "curves.png to --out.",
     )
-    tr.add_argument("--dataset", choices=DATASETS, default="fashion_mnist")
+    tr.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=d.dataset,
+        help="dataset to train and test on (default: %(default)s)",
+    )
     tr.add_argument(
         "--data-dir",
         type=pathlib.Path,
-        help="folder holding the dataset's four IDX files (default: $JAXBP_DATA_DIR, "
-        "then the cache, then a download)",
+        help="folder holding the dataset's four IDX files (default: "
+        "$JAXBP_DATA_DIR/<dataset folder>, then the cache, then a download)",
     )
     tr.add_argument(
         "--hidden",
         type=_widths,
         action="append",
-        help="hidden layer widths, repeatable or comma-separated: --hidden 512,512 "
-        "(default 100)",
+        help="hidden layer widths, repeatable or comma-separated: --hidden 512,512; "
+        "'none' for no hidden layer (default: " + ",".join(map(str, d.hidden)) + ")",
     )
-    _add_net_flags(tr, activation="relu")
-    tr.add_argument("--grad", choices=train.GRAD_KINDS, default="manual")
-    tr.add_argument("--optimizer", choices=train.OPTIMIZERS, default="adam")
+    _add_net_flags(
+        tr,
+        activation=d.activation,
+        output_activation=d.output_activation,
+        loss=d.loss,
+    )
+    tr.add_argument(
+        "--grad",
+        choices=train.GRAD_KINDS,
+        default=d.grad,
+        help="gradient: the hand-derived delta rule (manual) or jax.grad (autodiff) "
+        "(default: %(default)s)",
+    )
+    tr.add_argument(
+        "--optimizer",
+        choices=optim.OPTIMIZERS,
+        default=d.optimizer,
+        help="optax optimizer (default: %(default)s)",
+    )
     tr.add_argument(
         "--lr",
         type=_positive_float,
-        help="(peak) learning rate; default per optimizer: "
-        + ", ".join(f"{k} {v:g}" for k, v in train.DEFAULT_LEARNING_RATES.items()),
+        help="(peak) learning rate (default: per optimizer, "
+        + ", ".join(f"{k} {v:g}" for k, v in optim.DEFAULT_LEARNING_RATES.items())
+        + ")",
     )
     tr.add_argument(
         "--schedule",
-        choices=train.SCHEDULES,
-        default="cosine",
-        help="learning-rate schedule over the whole run (default cosine decay)",
+        choices=optim.SCHEDULES,
+        default=d.schedule,
+        help="learning-rate schedule over the whole run; cosine decays to zero "
+        "(default: %(default)s)",
     )
-    tr.add_argument("--batch-size", type=_positive_int, default=64)
-    tr.add_argument("--epochs", type=_positive_int, default=10)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    tr.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=d.batch_size,
+        help="examples per step (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=d.epochs,
+        help="passes over the training set (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seeds the initial parameters and every epoch's shuffle "
+        "(default: %(default)s)",
+    )
+    tr.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=d.dtype,
+        help="parameter and arithmetic dtype (default: %(default)s)",
+    )
     tr.add_argument(
         "--dp-clip",
         type=_positive_float,
+        default=d.dp_clip,
         metavar="C",
-        help="DP-SGD: clip each example's gradient to L2 norm C (off by default; no "
-        "privacy accounting is done)",
+        help="DP-SGD: clip each example's gradient to L2 norm C; no privacy "
+        "accounting is done (default: off)",
     )
     tr.add_argument(
         "--dp-noise",
-        type=float,
-        default=0.0,
+        type=_nonnegative_float,
+        default=d.dp_noise,
         metavar="SIGMA",
-        help="DP-SGD: Gaussian noise std SIGMA * C on the sum of clipped gradients "
-        "(needs --dp-clip; default 0)",
+        help="DP-SGD: Gaussian noise std SIGMA * C on the sum of clipped gradients; "
+        "needs --dp-clip (default: %(default)s)",
     )
     tr.add_argument(
         "--devices",
         type=_positive_int,
         help="train data-parallel on this many local devices, each batch split "
-        "evenly over them (default: all local devices; 1: one device, no mesh)",
+        "evenly over them; 1: one device, no mesh (default: all local devices)",
     )
     tr.add_argument(
         "--out",
         type=pathlib.Path,
         help="run folder for metrics.json, checkpoint.npz, curves.png "
-        "(default runs/<dataset>-<grad>)",
+        "(default: runs/<dataset>-<grad>)",
     )
     tr.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the checkpoint in --out (same flags)",
+        help="continue from the checkpoint in --out, with the same settings "
+        "(default: off)",
     )
     tr.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over even if --out already holds a checkpoint",
+        help="start over even if --out already holds a checkpoint (default: off)",
     )
-    tr.add_argument("--quiet", action="store_true", help="print only the final line")
+    tr.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the final line (default: off)",
+    )
     tr.set_defaults(func=run_train)
 
     dl = sub.add_parser(
@@ -222,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         "($JAXBP_CACHE_DIR, $XDG_CACHE_HOME/jaxbp or ~/.cache/jaxbp), verifying "
         "the published checksums.",
     )
-    dl.add_argument("--dataset", choices=DATASETS, default="fashion_mnist")
+    dl.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=d.dataset,
+        help="dataset to download (default: %(default)s)",
+    )
     dl.set_defaults(func=run_download)
     return parser
 
@@ -258,54 +362,98 @@ def run_check(args) -> int:
 
 
 # ------------------------------------------------------------------------- train
-def _train_config(args) -> dict:
-    hidden = [w for group in (args.hidden or [[100]]) for w in group]
-    lr = (
-        args.lr if args.lr is not None else train.DEFAULT_LEARNING_RATES[args.optimizer]
-    )
-    return {
-        "dataset": args.dataset,
-        "sizes": [784, *hidden, 10],
-        "activation": args.activation,
-        "output_activation": args.output_activation,
-        "loss": args.loss,
-        "grad": args.grad,
-        "optimizer": args.optimizer,
-        "lr": lr,
-        "schedule": args.schedule,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "dtype": args.dtype,
-        "dp_clip": args.dp_clip,
-        "dp_noise": args.dp_noise,
-    }
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~jaxbp.config.TrainConfig` of parsed ``jaxbp train`` flags.
+
+    Raises:
+      UsageError: if the flags do not make a valid configuration.
+    """
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.hidden is None:
+        del settings["hidden"]
+    else:
+        settings["hidden"] = tuple(w for group in args.hidden for w in group)
+    try:
+        return TrainConfig(**settings)
+    except ValueError as e:
+        # The config names its settings; the user wrote flags.
+        message = str(e)
+        for name in settings:
+            if "_" in name or message.startswith(f"{name} "):
+                message = re.sub(rf"\b{name}\b", _flag(name), message)
+        raise UsageError(message) from None
 
 
-def _data_mesh(args):
+def _flag(name: str) -> str:
+    """A setting's flag: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _show(name: str, value) -> str:
+    """A setting's value as its flag would be written."""
+    if name == "hidden":
+        return ",".join(map(str, value)) or "none"
+    if value is None:
+        return "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _check_resume(ckpt_path: pathlib.Path, config: TrainConfig) -> None:
+    """Raises UsageError naming each setting that differs from the saved run's."""
+    saved = checkpoint.read_meta(ckpt_path).get("config")
+    try:
+        saved_config = TrainConfig.from_dict(saved or {})
+    except (ValueError, TypeError) as e:
+        raise UsageError(
+            f"--resume: the checkpoint {ckpt_path} does not record a configuration "
+            f"this jaxbp can read ({e}); pass --overwrite to start over"
+        ) from None
+    changed = saved_config.differences(config)
+    if changed:
+        listed = ", ".join(
+            f"{_flag(name)} {_show(name, old)} (saved) vs {_show(name, new)} (now)"
+            for name, old, new in changed
+        )
+        raise UsageError(
+            f"--resume with different settings: {listed}; resume with the settings "
+            f"of the run in {ckpt_path.parent}, or pass --overwrite to start over"
+        )
+
+
+def _data_mesh(devices: int | None, batch_size: int):
     """The mesh of ``--devices``, or ``None`` for one device."""
     available = jax.local_device_count()
-    n = available if args.devices is None else args.devices
+    n = available if devices is None else devices
     if n > available:
         platform_name = jax.local_devices()[0].platform
         raise UsageError(
-            f"jaxbp train: --devices {n}, but only {available} {platform_name} "
-            "device(s) are available (on CPU, simulate more with JAX_NUM_CPU_DEVICES=N)"
+            f"--devices {n}, but only {available} {platform_name} device(s) are "
+            "available (on CPU, simulate more with JAX_NUM_CPU_DEVICES=N)"
         )
-    if args.batch_size % n:
-        which = f"--devices {n}" if args.devices else f"the {n} local devices"
+    if batch_size % n:
+        which = f"--devices {n}" if devices else f"the {n} local devices"
         raise UsageError(
-            f"jaxbp train: --batch-size {args.batch_size} is not divisible by {which}; "
-            f"every device takes an equal share of each batch, so use a multiple of {n}"
+            f"--batch-size {batch_size} is not divisible by {which}; every device "
+            f"takes an equal share of each batch, so use a multiple of {n}"
         )
     return None if n == 1 else parallel.make_data_mesh(n)
 
 
-def _load_split(args, split: str):
-    images, labels = data.load_dataset(args.dataset, split, data_dir=args.data_dir)
-    # Keep the pixels as uint8 on the device; each batch is scaled to [0, 1] inside
-    # the compiled step (4x less memory traffic than a float copy).
-    return images.reshape(len(images), -1), labels.astype(np.int32)
+def _check_out_folder(out: pathlib.Path) -> None:
+    """Raises UsageError if ``out`` exists and is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+
+
+def _make_out_folder(out: pathlib.Path) -> None:
+    """Creates ``out``; raises UsageError, in one line, if it cannot."""
+    _check_out_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"--out {out}: cannot create the folder ({e.strerror or e})"
+        ) from None
 
 
 def _write_json(path: pathlib.Path, record: dict) -> None:
@@ -337,90 +485,70 @@ def _plot_curves(path: pathlib.Path, history: list[dict], title: str) -> bool:
     return True
 
 
-def run_train(args) -> int:
-    """``jaxbp train``."""
-    config = _train_config(args)
-    if args.dp_noise and args.dp_clip is None:
-        raise UsageError("jaxbp train: --dp-noise needs --dp-clip")
-    if not args.dp_noise >= 0:
-        raise UsageError(f"jaxbp train: --dp-noise must be >= 0, got {args.dp_noise}")
-    dp = None
-    if args.dp_clip is not None:
-        dp = train.DPConfig(args.dp_clip, args.dp_noise)
-    out = args.out or pathlib.Path("runs") / f"{args.dataset}-{args.grad}"
-    ckpt_path = out / "checkpoint.npz"
-    if args.resume and args.overwrite:
-        raise UsageError("jaxbp train: --resume and --overwrite exclude each other")
-    if ckpt_path.exists() and not (args.resume or args.overwrite):
-        raise UsageError(
-            f"jaxbp train: {out} already holds a checkpoint; pass --resume to continue "
-            "it or --overwrite to start over"
-        )
-    if args.resume and not ckpt_path.exists():
-        raise UsageError(f"jaxbp train: --resume: no checkpoint at {ckpt_path}")
-    mesh = _data_mesh(args)
-    num_devices = 1 if mesh is None else parallel.num_data_shards(mesh)
-    if args.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-
-    net = MLP(
-        tuple(config["sizes"]), args.activation, args.output_activation, args.loss
-    )
-    x, y = _load_split(args, "train")
-    xt, yt = _load_split(args, "test")
-    steps_per_epoch = len(x) // args.batch_size
-    if steps_per_epoch == 0:
-        raise UsageError(
-            f"jaxbp train: --batch-size {args.batch_size} exceeds the {len(x)} "
-            "training examples"
-        )
-    optimizer = train.make_optimizer(
-        args.optimizer,
-        config["lr"],
-        schedule=args.schedule,
-        total_steps=args.epochs * steps_per_epoch,
-    )
-    state = train.init_train_state(
-        net, optimizer, jax.random.key(args.seed), dtype=jnp.dtype(args.dtype)
-    )
-    history: list[dict] = []
-    start_epoch = 0
-    if args.resume:
-        saved_config = checkpoint.read_meta(ckpt_path).get("config", {})
-        if saved_config != config:
-            changed = sorted(k for k in config if saved_config.get(k) != config[k])
-            raise UsageError(
-                f"jaxbp train: --resume with different flags ({', '.join(changed)}); "
-                "resume with the flags of the run in --out"
-            )
-        state, meta = checkpoint.restore_train_state(ckpt_path, state)
-        history = meta.get("history", [])
-        start_epoch = int(meta.get("epoch", 0))
-    out.mkdir(parents=True, exist_ok=True)
-
+def _run_record(run: TrainSetup, num_devices: int) -> dict:
+    """What ``metrics.json`` says about a run before its first epoch."""
+    net, config = run.net, run.config
+    steps_per_epoch = len(run.train_data[0]) // config.batch_size
     device = jax.devices()[0]
-    record = {
-        "config": config,
+    device_name = f"{device.platform} ({device.device_kind})"
+    if num_devices > 1:
+        device_name = f"{num_devices} x {device_name}"
+    return {
+        "config": config.to_dict(),
         "network": str(net),
+        "sizes": list(net.sizes),
         "num_params": net.num_params,
-        "train_examples": int(len(x)),
-        "test_examples": int(len(xt)),
-        "examples_per_epoch": steps_per_epoch * args.batch_size,
+        "train_examples": len(run.train_data[0]),
+        "test_examples": len(run.test_data[0]),
+        "examples_per_epoch": steps_per_epoch * config.batch_size,
         "steps_per_epoch": steps_per_epoch,
-        "device": f"{device.platform} ({device.device_kind})",
+        "device": device_name,
         "num_devices": num_devices,
         "available_devices": jax.device_count(),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
     }
-    if num_devices > 1:
-        record["device"] = f"{num_devices} x {record['device']}"
+
+
+def run_train(args) -> int:
+    """``jaxbp train``: the flags' :class:`TrainConfig`, set up, fitted, recorded."""
+    config = config_from_args(args)
+    out = args.out or pathlib.Path("runs") / f"{config.dataset}-{config.grad}"
+    ckpt_path = out / "checkpoint.npz"
+    _check_out_folder(out)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if ckpt_path.exists() and not (args.resume or args.overwrite):
+        raise UsageError(
+            f"{out} already holds a checkpoint; pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    if args.resume:
+        if not ckpt_path.exists():
+            raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+        _check_resume(ckpt_path, config)
+    mesh = _data_mesh(args.devices, config.batch_size)
+    num_devices = 1 if mesh is None else parallel.num_data_shards(mesh)
+    if config.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+
+    run = setup(config, data_dir=args.data_dir)
+    history: list[dict] = []
+    start_epoch = 0
+    if args.resume:
+        state, meta = checkpoint.restore_train_state(ckpt_path, run.state)
+        run = run._replace(state=state)
+        history = meta.get("history", [])
+        start_epoch = int(meta.get("epoch", 0))
+    _make_out_folder(out)
+    record = _run_record(run, num_devices)
     if not args.quiet:
         print(
-            f"{net} with {net.num_params:,} parameters on {record['device']}: "
-            f"{args.dataset} {len(x):,} train / {len(xt):,} test, {args.grad} "
-            f"gradients, {args.optimizer} lr {config['lr']:g} ({args.schedule}), "
-            f"batch {args.batch_size}",
+            f"{run.net} with {run.net.num_params:,} parameters on {record['device']}: "
+            f"{config.dataset} {record['train_examples']:,} train / "
+            f"{record['test_examples']:,} test, {config.grad} gradients, "
+            f"{config.optimizer} lr {config.lr:g} ({config.schedule}), batch "
+            f"{config.batch_size}",
             flush=True,
         )
 
@@ -448,38 +576,29 @@ def run_train(args) -> int:
         checkpoint.save_checkpoint(
             ckpt_path,
             state,
-            net,
-            meta={"config": config, "epoch": log.epoch, "history": history},
+            run.net,
+            meta={"config": config.to_dict(), "epoch": log.epoch, "history": history},
         )
         write_metrics()
         if not args.quiet:
             print(
-                f"epoch {log.epoch:>3}/{args.epochs}  train loss {log.train_loss:.4f}  "
-                f"test loss {log.test_loss:.4f}  test acc {log.test_accuracy:.4f}  "
-                f"{log.epoch_time_s:6.2f} s  {log.samples_per_s:>9,.0f} samples/s",
+                f"epoch {log.epoch:>3}/{config.epochs}  train loss "
+                f"{log.train_loss:.4f}  test loss {log.test_loss:.4f}  test acc "
+                f"{log.test_accuracy:.4f}  {log.epoch_time_s:6.2f} s  "
+                f"{log.samples_per_s:>9,.0f} samples/s",
                 flush=True,
             )
 
-    if start_epoch >= args.epochs:
+    if start_epoch >= config.epochs:
         print(f"{out} already trained {start_epoch} epochs; nothing to do")
         return 0
-    state, _, compile_timing = train.fit(
-        net,
-        optimizer,
-        state,
-        (x, y),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        grad=args.grad,
-        test_data=(xt, yt),
-        start_epoch=start_epoch,
-        on_epoch=on_epoch,
-        mesh=mesh,
-        dp=dp,
+    _, _, compile_timing = fit(
+        run, start_epoch=start_epoch, on_epoch=on_epoch, mesh=mesh
     )
     timing.update(compile_timing)
     write_metrics()
-    if _plot_curves(out / "curves.png", history, f"{net}, {args.grad} gradients"):
+    title = f"{run.net}, {config.grad} gradients"
+    if _plot_curves(out / "curves.png", history, title):
         plot_note = f", {out / 'curves.png'}"
     else:
         plot_note = " (pip install 'jaxbp[plot]' for curves.png)"
@@ -500,26 +619,43 @@ def run_download(args) -> int:
     return 0
 
 
+def _print_error(prog: str, message: str) -> None:
+    """``<prog>: error: <message>`` on stderr; the CLI's flag names for the library's
+    argument names."""
+    message = re.sub(r"\bdata_dir\b=?", "--data-dir", message).strip()
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jaxbp`` console script and ``python -m jaxbp``."""
+    """Entry point of the ``jaxbp`` console script and ``python -m jaxbp``.
+
+    Every error is reported as ``jaxbp <command>: error: <message>`` on stderr with no
+    traceback: one line, except for a data error, whose list of searched folders and
+    advice keep their lines. Exit status 2 for bad flags, 1 for other errors, 130
+    when interrupted.
+    """
     parser = build_parser()
+    prog = parser.prog
     try:
         args = parser.parse_args(argv)
+        prog = f"{parser.prog} {args.command}"
         return args.func(args)
     except UsageError as e:
-        print(e, file=sys.stderr)
+        _print_error(e.prog or prog, str(e))
         return 2
+    except data.DataError as e:
+        _print_error(prog, str(e))
+        return 1
     except (
-        data.DataError,
         checkpoint.CheckpointError,
         train.DivergenceError,
         ValueError,
+        OSError,
     ) as e:
-        # One line: the data layer's guidance spans several lines for library users.
+        # One line: library messages may wrap for readers of a traceback.
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        message = message.replace("data_dir=", "--data-dir")
-        print(f"jaxbp: error: {message}", file=sys.stderr)
+        _print_error(prog, message or type(e).__name__)
         return 1
     except KeyboardInterrupt:
-        print("jaxbp: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -144,6 +144,11 @@ def get_loss(name: str) -> Loss:
 def prepare_targets(y: Array, num_outputs: int, dtype) -> Array:
     """Turns targets into a float ``(B, num_outputs)`` array.
 
+    An integer label outside ``[0, num_outputs)`` becomes a row of NaN rather than
+    ``jax.nn.one_hot``'s row of zeros (which would silently drop the example from the
+    loss): the loss and every gradient computed from it are then NaN. Under
+    ``jax.jit`` label values cannot be checked, so this is how a bad label shows.
+
     Args:
       y: integer class labels ``(B,)`` (made one-hot) or float targets
         ``(B, num_outputs)`` (cast to ``dtype``).
@@ -152,7 +157,14 @@ def prepare_targets(y: Array, num_outputs: int, dtype) -> Array:
 
     Returns:
       Targets shaped ``(B, num_outputs)`` with dtype ``dtype``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> prepare_targets(jnp.array([1, 3]), 3, jnp.float32).tolist()
+      [[0.0, 1.0, 0.0], [nan, nan, nan]]
     """
     if y.ndim == 1:
-        return jax.nn.one_hot(y, num_outputs, dtype=dtype)
+        onehot = jax.nn.one_hot(y, num_outputs, dtype=dtype)
+        valid = (y >= 0) & (y < num_outputs)
+        return jnp.where(valid[:, None], onehot, jnp.asarray(jnp.nan, dtype))
     return y.astype(dtype)

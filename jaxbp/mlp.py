@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import backward
+from jaxbp import backward, validation
 from jaxbp.activations import Activation, get_activation
-from jaxbp.losses import Loss, get_loss, prepare_targets
+from jaxbp.losses import Loss, get_loss
 
 Array = jax.Array
 Params = list[dict[str, Array]]
@@ -246,129 +246,17 @@ class MLP:
 
     # ----------------------------------------------------------------- checks
     def check_params(self, params: Params) -> None:
-        """Checks that ``params`` matches this spec.
-
-        Raises:
-          TypeError: if ``params`` is not a list of ``{"w", "b"}`` dicts or holds
-            non-float or mixed dtypes.
-          ValueError: on a wrong number of layers or a wrong shape.
-        """
-        if not isinstance(params, list | tuple):
-            raise TypeError(
-                "params must be a list of {'w', 'b'} dicts, got "
-                f"{type(params).__name__}"
-            )
-        if len(params) != self.depth:
-            raise ValueError(
-                f"params has {len(params)} layers but {self} has {self.depth}"
-            )
-        dtype = None
-        for l, (layer, fan_in, fan_out) in enumerate(
-            zip(params, self.sizes[:-1], self.sizes[1:], strict=True)
-        ):
-            if not isinstance(layer, dict) or set(layer) != {"w", "b"}:
-                keys = (
-                    sorted(layer) if isinstance(layer, dict) else type(layer).__name__
-                )
-                raise TypeError(
-                    f"params[{l}] must be a dict with keys 'w' and 'b', got {keys}"
-                )
-            for name, shape in (("w", (fan_in, fan_out)), ("b", (fan_out,))):
-                leaf = layer[name]
-                if tuple(jnp.shape(leaf)) != shape:
-                    raise ValueError(
-                        f"params[{l}]['{name}'] has shape {tuple(jnp.shape(leaf))} but "
-                        f"layer {l} of {self} expects {shape}"
-                    )
-                leaf_dtype = jnp.result_type(leaf)
-                if not jnp.issubdtype(leaf_dtype, jnp.floating):
-                    raise TypeError(
-                        f"params[{l}]['{name}'] has dtype {leaf_dtype}; parameters "
-                        "must be floating point"
-                    )
-                if dtype is not None and leaf_dtype != dtype:
-                    raise TypeError(
-                        f"params[{l}]['{name}'] has dtype {leaf_dtype} but earlier "
-                        f"parameters are {dtype}; use one dtype throughout"
-                    )
-                dtype = leaf_dtype
+        """:func:`jaxbp.validation.check_params` for this spec."""
+        validation.check_params(self, params)
 
     def check_inputs(self, params: Params, x: Array) -> Array:
-        """Checks ``params`` and ``x`` and returns ``x`` in the parameters' dtype.
-
-        Raises:
-          ValueError: if ``x`` is not ``(B, sizes[0])``.
-          TypeError: if ``x`` is not floating point.
-        """
-        self.check_params(params)
-        shape = tuple(jnp.shape(x))
-        if len(shape) != 2:
-            raise ValueError(
-                f"x must be a 2-D batch (batch, {self.sizes[0]}), got shape {shape}"
-            )
-        if shape[1] != self.sizes[0]:
-            raise ValueError(
-                f"x has {shape[1]} features but the first layer expects {self.sizes[0]}"
-            )
-        x_dtype = jnp.result_type(x)
-        if not jnp.issubdtype(x_dtype, jnp.floating):
-            raise TypeError(
-                f"x has dtype {x_dtype}; inputs must be floating point (scale uint8 "
-                "images to [0, 1] with jaxbp.data.to_float)"
-            )
-        return jnp.asarray(x, jnp.result_type(params[0]["w"]))
+        """:func:`jaxbp.validation.check_inputs`: ``x`` in the parameters' dtype."""
+        return validation.check_inputs(self, params, x)
 
     def check_batch(self, params: Params, x: Array, y: Array) -> tuple[Array, Array]:
-        """Checks a batch; returns ``(x, targets)``, targets float ``(B, sizes[-1])``.
-
-        Integer labels are range-checked whenever their values are concrete (outside
-        ``jit``); inside ``jit`` only shapes and dtypes can be checked.
-
-        Raises:
-          ValueError: on mismatched batch sizes, a wrong target width or labels out of
-            range.
-          TypeError: on a wrong dtype.
-        """
-        x = self.check_inputs(params, x)
-        num_out = self.sizes[-1]
-        y_shape = tuple(jnp.shape(y))
-        y_dtype = jnp.result_type(y)
-        if y_shape[:1] != x.shape[:1]:
-            raise ValueError(
-                f"y has batch size {y_shape[0] if y_shape else None} but x has "
-                f"{x.shape[0]} (y shape {y_shape}, x shape {x.shape})"
-            )
-        if len(y_shape) == 1:
-            if not jnp.issubdtype(y_dtype, jnp.integer):
-                raise TypeError(
-                    f"y of shape {y_shape} must hold integer class labels, got dtype "
-                    f"{y_dtype}; float targets must be shaped (batch, {num_out})"
-                )
-            if not isinstance(y, jax.core.Tracer) and y_shape[0] > 0:
-                labels = np.asarray(y)
-                lo, hi = int(labels.min()), int(labels.max())
-                if lo < 0 or hi >= num_out:
-                    bad = lo if lo < 0 else hi
-                    raise ValueError(
-                        f"label {bad} is out of range: labels must be in "
-                        f"[0, {num_out - 1}] for {num_out} outputs"
-                    )
-        elif len(y_shape) == 2:
-            if y_shape[1] != num_out:
-                raise ValueError(
-                    f"y has {y_shape[1]} columns but the last layer has {num_out} "
-                    "outputs"
-                )
-            if not jnp.issubdtype(y_dtype, jnp.floating):
-                raise TypeError(
-                    f"float targets y must be floating point, got {y_dtype}"
-                )
-        else:
-            raise ValueError(
-                f"y must be labels (batch,) or targets (batch, {num_out}), got "
-                f"{y_shape}"
-            )
-        return x, prepare_targets(jnp.asarray(y), num_out, x.dtype)
+        """:func:`jaxbp.validation.check_batch`: ``(x, targets)``, targets
+        ``(B, sizes[-1])``."""
+        return validation.check_batch(self, params, x, y)
 
 
 # --------------------------------------------------------------------- custom_vjp

@@ -392,67 +392,6 @@ def check_finite(losses, first_step: int) -> None:
         )
 
 
-def make_optimizer(
-    name: str,
-    learning_rate: float,
-    *,
-    schedule: str = "constant",
-    total_steps: int | None = None,
-) -> optax.GradientTransformation:
-    """An optax optimizer by name, with a constant or cosine-decayed learning rate.
-
-    Args:
-      name: ``sgd`` (plain, as in Rumelhart et al.), ``momentum`` (heavy ball, 0.9),
-        ``nesterov`` (0.9), ``adam``, ``adamw`` or ``rmsprop``.
-      learning_rate: a positive (peak) step size.
-      schedule: ``constant``, or ``cosine`` to decay it to zero over ``total_steps``
-        (``optax.cosine_decay_schedule``).
-      total_steps: length of the cosine schedule.
-
-    Returns:
-      The ``optax.GradientTransformation``.
-
-    Raises:
-      ValueError: on an unknown name or schedule, a non-positive learning rate, or a
-        cosine schedule without a positive ``total_steps``.
-    """
-    if not learning_rate > 0:
-        raise ValueError(f"learning rate must be positive, got {learning_rate}")
-    makers = {
-        "sgd": lambda lr: optax.sgd(lr),
-        "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-        "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
-        "adam": optax.adam,
-        "adamw": optax.adamw,
-        "rmsprop": optax.rmsprop,
-    }
-    if name not in makers:
-        known = ", ".join(makers)
-        raise ValueError(f"unknown optimizer {name!r}; choose one of: {known}")
-    if schedule == "constant":
-        lr = learning_rate
-    elif schedule == "cosine":
-        if not total_steps or total_steps <= 0:
-            raise ValueError("a cosine schedule needs a positive total_steps")
-        lr = optax.cosine_decay_schedule(learning_rate, total_steps)
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
-    return makers[name](lr)
-
-
-#: Default peak learning rate of each optimizer of :func:`make_optimizer`.
-DEFAULT_LEARNING_RATES = {
-    "sgd": 1.0,
-    "momentum": 0.05,
-    "nesterov": 0.05,
-    "adam": 2e-3,
-    "adamw": 2e-3,
-    "rmsprop": 1e-3,
-}
-OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
-SCHEDULES = ("cosine", "constant")
-
-
 class EpochLog(NamedTuple):
     """What one epoch of :func:`fit` measured.
 

@@ -40,7 +40,7 @@ def main():
 
     import numpy as np
 
-    from jaxbp import parallel, train
+    from jaxbp import optim, parallel, train
     from jaxbp.mlp import MLP
 
     multi = args.num_processes > 1
@@ -61,7 +61,7 @@ def main():
 
     results = {}
     for grad in train.GRAD_KINDS:
-        optimizer = train.make_optimizer("adam", 0.01)
+        optimizer = optim.make_optimizer("adam", 0.01)
         state = train.init_train_state(net, optimizer, jax.random.key(0))
         if multi:
             state = train.replicate_train_state(state, mesh)
@@ -88,7 +88,7 @@ def main():
     # fit replicates; each device gathers its rows of every batch.
     x = rng.integers(0, 256, size=(72, net.sizes[0]), dtype=np.uint8)
     y = rng.integers(0, net.sizes[-1], size=(72,), dtype=np.int32)
-    optimizer = train.make_optimizer("adam", 0.01)
+    optimizer = optim.make_optimizer("adam", 0.01)
     state, logs, _ = train.fit(
         net,
         optimizer,

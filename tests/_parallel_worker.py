@@ -20,7 +20,7 @@ jax.config.update("jax_platforms", "cpu")
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxbp import parallel, train  # noqa: E402
+from jaxbp import optim, parallel, train  # noqa: E402
 from jaxbp.mlp import MLP  # noqa: E402
 
 NET = MLP((12, 16, 8, 5), activation="tanh")
@@ -37,7 +37,7 @@ def _data(seed, n):
 
 
 def _optimizer(name):
-    return train.make_optimizer(name, 0.05 if name == "sgd" else 0.01)
+    return optim.make_optimizer(name, 0.05 if name == "sgd" else 0.01)
 
 
 def _save(results, prefix, tree):

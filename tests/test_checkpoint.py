@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint, train
+from jaxbp import checkpoint, optim, train
 from jaxbp.checkpoint import CheckpointError
 from jaxbp.mlp import MLP
 
@@ -42,14 +42,14 @@ def _assert_states_equal(a, b):
 
 def _template(name="adam", net=NET, seed=123, **kwargs):
     """A fresh state built like the saved one (different values)."""
-    optimizer = train.make_optimizer(name, 1e-2, **kwargs)
+    optimizer = optim.make_optimizer(name, 1e-2, **kwargs)
     return train.init_train_state(net, optimizer, jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")
 def adam_state():
     """An adam state three steps into training (non-trivial moments and count)."""
-    optimizer = train.make_optimizer("adam", 1e-2)
+    optimizer = optim.make_optimizer("adam", 1e-2)
     state = train.init_train_state(NET, optimizer, jax.random.key(0))
     step = train.make_train_step(NET, optimizer)
     rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def test_save_then_restore_is_bitwise(saved):
 def test_restored_state_trains_on_identically(saved):
     path, state = saved
     restored, _ = checkpoint.restore_train_state(path, _template())
-    optimizer = train.make_optimizer("adam", 1e-2)
+    optimizer = optim.make_optimizer("adam", 1e-2)
     step = train.make_train_step(NET, optimizer)
     x = np.linspace(-1, 1, 8 * NET.sizes[0], dtype=np.float32).reshape(8, -1)
     y = np.arange(8, dtype=np.int32) % NET.sizes[-1]
@@ -106,7 +106,7 @@ def test_restored_state_trains_on_identically(saved):
     ids=str,
 )
 def test_load_checkpoint_returns_the_spec_params_and_meta(tmp_path, net):
-    optimizer = train.make_optimizer("sgd", 0.1)
+    optimizer = optim.make_optimizer("sgd", 0.1)
     state = train.init_train_state(net, optimizer, jax.random.key(2))
     path = checkpoint.save_checkpoint(
         tmp_path / "c.npz", state, net, meta={"history": [{"epoch": 1}]}
@@ -251,7 +251,7 @@ def test_restore_into_a_deeper_network_fails_clearly(saved):
 
 def test_restore_into_another_dtype_fails_clearly(tmp_path):
     with jax.enable_x64(True):
-        optimizer = train.make_optimizer("sgd", 0.1)
+        optimizer = optim.make_optimizer("sgd", 0.1)
         state = train.init_train_state(
             NET, optimizer, jax.random.key(0), dtype=jnp.float64
         )

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import cli, data, parallel, train
+from jaxbp import cli, data, optim, parallel, train
 from jaxbp.data import datasets
 from jaxbp.mlp import MLP
 
@@ -82,7 +82,7 @@ def _toy(n=40, seed=0):
 @pytest.mark.parametrize("grad", train.GRAD_KINDS)
 def test_one_device_mesh_matches_no_mesh(grad):
     mesh = parallel.make_data_mesh(1)
-    optimizer = train.make_optimizer("adam", 0.01)
+    optimizer = optim.make_optimizer("adam", 0.01)
     start = train.init_train_state(NET, optimizer, jax.random.key(0))
     x, y = _toy()
     xt, yt = _toy(13, seed=1)
@@ -113,7 +113,7 @@ def test_one_device_mesh_matches_no_mesh(grad):
 
 def test_replicate_train_state_places_every_leaf_on_the_mesh():
     mesh = parallel.make_data_mesh(1)
-    optimizer = train.make_optimizer("adam", 0.01)
+    optimizer = optim.make_optimizer("adam", 0.01)
     state = train.init_train_state(NET, optimizer, jax.random.key(0))
     placed = train.replicate_train_state(state, mesh)
     for leaf in jax.tree.leaves(placed):
@@ -126,7 +126,7 @@ def test_replicate_train_state_places_every_leaf_on_the_mesh():
 
 def test_batch_size_must_divide_over_the_devices():
     mesh = jax.sharding.AbstractMesh((3,), (parallel.DATA_AXIS,))
-    optimizer = train.make_optimizer("sgd", 0.1)
+    optimizer = optim.make_optimizer("sgd", 0.1)
     with pytest.raises(ValueError, match="batch size 64 is not divisible by the 3"):
         train.make_train_epoch(NET, optimizer, batch_size=64, mesh=mesh)
     parallel.check_batch_size(63, mesh)
@@ -135,7 +135,7 @@ def test_batch_size_must_divide_over_the_devices():
 def test_mesh_needs_a_data_axis():
     mesh = jax.make_mesh((1,), ("batch",))
     with pytest.raises(ValueError, match="axis named 'data'"):
-        train.make_train_step(NET, train.make_optimizer("sgd", 0.1), mesh=mesh)
+        train.make_train_step(NET, optim.make_optimizer("sgd", 0.1), mesh=mesh)
 
 
 def test_make_data_mesh_rejects_more_devices_than_there_are():

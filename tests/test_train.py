@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbp import train
+from jaxbp import optim, train
 from jaxbp.mlp import MLP
 from jaxbp.train import DivergenceError
 
@@ -81,7 +81,7 @@ def _blobs(n, *, seed, centers):
 )
 def test_manual_and_autodiff_steps_agree(name, dtype):
     with jax.enable_x64(dtype == "float64"):
-        optimizer = train.make_optimizer(name, train.DEFAULT_LEARNING_RATES[name])
+        optimizer = optim.make_optimizer(name, optim.DEFAULT_LEARNING_RATES[name])
         state0 = train.init_train_state(
             NET, optimizer, jax.random.key(0), dtype=jnp.dtype(dtype)
         )
@@ -111,7 +111,7 @@ def test_manual_and_autodiff_steps_agree(name, dtype):
 def test_one_sgd_step_is_params_minus_lr_times_manual_grad(dtype):
     with jax.enable_x64(dtype == "float64"):
         lr = 0.25
-        optimizer = train.make_optimizer("sgd", lr)
+        optimizer = optim.make_optimizer("sgd", lr)
         state = train.init_train_state(
             NET, optimizer, jax.random.key(1), dtype=jnp.dtype(dtype)
         )
@@ -130,7 +130,7 @@ def test_one_sgd_step_is_params_minus_lr_times_manual_grad(dtype):
 def test_train_step_does_not_retrace(monkeypatch):
     # Count traces of the step body: a retrace on a later call would trip the assert.
     _count_step_traces(monkeypatch)
-    optimizer = train.make_optimizer("adam", 1e-2)
+    optimizer = optim.make_optimizer("adam", 1e-2)
     step = train.make_train_step(NET, optimizer, grad="manual")
     x, y = _data(BATCH)
     for seed in range(3):  # fresh states and states returned by the step
@@ -146,7 +146,7 @@ def test_train_step_does_not_retrace(monkeypatch):
 @pytest.mark.parametrize("grad", train.GRAD_KINDS)
 def test_epoch_runs_floor_n_over_b_steps_without_retracing(monkeypatch, grad):
     _count_step_traces(monkeypatch)
-    optimizer = train.make_optimizer("adam", 1e-2)
+    optimizer = optim.make_optimizer("adam", 1e-2)
     epoch = train.make_train_epoch(NET, optimizer, batch_size=BATCH, grad=grad)
     n = 100  # 3 batches of 32; 4 examples left over each epoch
     x, y = _data(n)
@@ -162,7 +162,7 @@ def test_epoch_runs_floor_n_over_b_steps_without_retracing(monkeypatch, grad):
 
 
 def test_epoch_rejects_bad_batch_sizes():
-    optimizer = train.make_optimizer("sgd", 0.1)
+    optimizer = optim.make_optimizer("sgd", 0.1)
     for bad in (0, -4):
         with pytest.raises(ValueError, match="batch_size"):
             train.make_train_epoch(NET, optimizer, batch_size=bad)
@@ -197,7 +197,7 @@ def test_epoch_reshuffles_every_epoch_and_uses_each_example_once():
 
 
 def test_epoch_scales_uint8_pixels():
-    optimizer = train.make_optimizer("sgd", 0.5)
+    optimizer = optim.make_optimizer("sgd", 0.5)
     epoch = train.make_train_epoch(NET, optimizer, batch_size=BATCH)
     state = train.init_train_state(NET, optimizer, jax.random.key(0))
     rng = np.random.default_rng(3)
@@ -278,7 +278,7 @@ def test_check_finite_passes_finite_losses():
 
 
 def test_fit_raises_naming_the_step_on_infinite_inputs():
-    optimizer = train.make_optimizer("sgd", 0.1)
+    optimizer = optim.make_optimizer("sgd", 0.1)
     state = train.init_train_state(NET, optimizer, jax.random.key(0))
     state = state._replace(step=jnp.asarray(5, jnp.int32))  # as if resumed
     x, y = _data()
@@ -302,11 +302,11 @@ def test_fit_raises_naming_the_step_for_a_huge_learning_rate():
 
 
 # --- make_optimizer, value_and_grad_fn
-@pytest.mark.parametrize("name", train.OPTIMIZERS)
-@pytest.mark.parametrize("schedule", train.SCHEDULES)
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("schedule", optim.SCHEDULES)
 def test_make_optimizer_builds_every_optimizer(name, schedule):
-    optimizer = train.make_optimizer(
-        name, train.DEFAULT_LEARNING_RATES[name], schedule=schedule, total_steps=10
+    optimizer = optim.make_optimizer(
+        name, optim.DEFAULT_LEARNING_RATES[name], schedule=schedule, total_steps=10
     )
     assert isinstance(optimizer, optax.GradientTransformation)
     params = {"w": jnp.ones(3)}
@@ -315,7 +315,7 @@ def test_make_optimizer_builds_every_optimizer(name, schedule):
 
 
 def test_cosine_schedule_decays_to_zero():
-    optimizer = train.make_optimizer("sgd", 0.5, schedule="cosine", total_steps=4)
+    optimizer = optim.make_optimizer("sgd", 0.5, schedule="cosine", total_steps=4)
     params = {"w": jnp.zeros(())}
     grads = {"w": jnp.ones(())}
     opt_state = optimizer.init(params)
@@ -342,7 +342,7 @@ def test_cosine_schedule_decays_to_zero():
 )
 def test_make_optimizer_rejects(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        train.make_optimizer(*args, **kwargs)
+        optim.make_optimizer(*args, **kwargs)
 
 
 @pytest.mark.parametrize("grad", ["numeric", "Manual", "", None])
@@ -358,7 +358,7 @@ def test_unknown_grad_kinds_are_rejected(grad):
 
 # --- fit
 def _fit(net=NET, *, seed=0, grad="manual", epochs=2, **kwargs):
-    optimizer = train.make_optimizer("adam", 1e-2)
+    optimizer = optim.make_optimizer("adam", 1e-2)
     state = train.init_train_state(net, optimizer, jax.random.key(seed))
     x, y = _data(net=net)
     return train.fit(
@@ -464,7 +464,7 @@ def test_training_separates_gaussian_blobs_with_either_gradient():
     centers = 3 * np.random.default_rng(0).normal(size=(10, 16))
     train_data = _blobs(1000, seed=1, centers=centers)
     test_data = _blobs(500, seed=2, centers=centers)
-    optimizer = train.make_optimizer("adam", 1e-2, schedule="cosine", total_steps=100)
+    optimizer = optim.make_optimizer("adam", 1e-2, schedule="cosine", total_steps=100)
     runs = {}
     for grad in train.GRAD_KINDS:
         state = train.init_train_state(net, optimizer, jax.random.key(0))
