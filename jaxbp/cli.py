@@ -637,8 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     prog = parser.prog
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
         prog = f"{parser.prog} {args.command}"
+        if unknown:  # reported by the subcommand, not the top-level parser
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
         return args.func(args)
     except UsageError as e:
         _print_error(e.prog or prog, str(e))

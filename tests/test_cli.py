@@ -1,5 +1,6 @@
 """The command line: ``jaxbp train`` on tiny synthetic data, resume, errors, check."""
 
+import argparse
 import contextlib
 import dataclasses
 import io
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 
 import jaxbp.data
-from jaxbp import checkpoint, cli, train
+from jaxbp import checkpoint, cli, optim
 from jaxbp.activations import ACTIVATIONS, Activation
+from jaxbp.config import TrainConfig
 
 NUM_TRAIN, NUM_TEST = 600, 100
 # The base flags of every synthetic run; tests override single flags.
@@ -78,12 +80,13 @@ def _metrics(out: pathlib.Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def _assert_one_line_error(rc, stderr):
+def _assert_one_line_error(rc, stderr, command="train"):
     assert rc != 0
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
-    assert lines[0].startswith("jaxbp"), stderr
+    prefix = f"jaxbp {command}: error: " if command else "jaxbp: error: "
+    assert lines[0].startswith(prefix), stderr
 
 
 def _assert_params_equal(a, b):
@@ -128,7 +131,10 @@ def test_train_writes_metrics_checkpoint_and_curves(baseline):
     out = baseline.out
     metrics = _metrics(out)
     config = metrics["config"]
-    assert config["sizes"] == [784, 16, 10]
+    assert TrainConfig.from_dict(config) == TrainConfig(
+        hidden=(16,), epochs=2, batch_size=32
+    )
+    assert metrics["sizes"] == [784, 16, 10]
     assert config["epochs"] == 2 and config["batch_size"] == 32
     assert config["grad"] == "manual" and config["dataset"] == "fashion_mnist"
     assert metrics["train_examples"] == NUM_TRAIN
@@ -187,7 +193,7 @@ def test_final_accuracy_is_that_of_the_checkpoint(baseline, tiny_data):
 )
 def test_hidden_flag_forms(flags, sizes):
     args = cli.build_parser().parse_args(["train", *flags])
-    assert cli._train_config(args)["sizes"] == sizes
+    assert cli.config_from_args(args).sizes == tuple(sizes)
 
 
 # --- resume
@@ -208,7 +214,7 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(
         m.setattr(checkpoint, "save_checkpoint", save_then_interrupt)
         rc, _, stderr = _main(_argv(tiny_data, out))
     assert rc == 130
-    assert stderr.strip() == "jaxbp: interrupted"
+    assert stderr.strip() == "jaxbp train: interrupted"
     assert calls == [1, 2]
     assert _metrics(out)["epochs_done"] == 1
     _, _, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
@@ -256,29 +262,56 @@ def test_resume_without_a_checkpoint_fails(tiny_data, tmp_path, any_size):
 
 
 @pytest.mark.parametrize(
-    ("flag", "value", "named"),
+    ("flags", "named"),
     [
-        ("lr", "0.01", "lr"),
-        ("batch_size", "50", "batch_size"),
-        ("seed", "1", "seed"),
-        ("grad", "autodiff", "grad"),
-        ("activation", "leaky_relu", "activation"),
-        ("epochs", "3", "epochs"),
-        ("hidden", "16,10", "sizes"),
-        ("optimizer", "sgd", "optimizer"),
-        ("schedule", "constant", "schedule"),
+        ({"lr": "0.01"}, ["--lr 0.002 (saved) vs 0.01 (now)"]),
+        ({"batch_size": "50"}, ["--batch-size 32 (saved) vs 50 (now)"]),
+        ({"seed": "1"}, ["--seed 0 (saved) vs 1 (now)"]),
+        ({"grad": "autodiff"}, ["--grad manual (saved) vs autodiff (now)"]),
+        ({"activation": "leaky_relu"}, ["--activation relu (saved) vs leaky_relu"]),
+        ({"epochs": "3"}, ["--epochs 2 (saved) vs 3 (now)"]),
+        ({"hidden": "16,10"}, ["--hidden 16 (saved) vs 16,10 (now)"]),
+        ({"hidden": "none"}, ["--hidden 16 (saved) vs none (now)"]),
+        ({"schedule": "constant"}, ["--schedule cosine (saved) vs constant (now)"]),
+        ({"dp_clip": "1"}, ["--dp-clip off (saved) vs 1 (now)"]),
+        (
+            {"optimizer": "sgd", "seed": "3"},
+            [
+                "--optimizer adam (saved) vs sgd (now)",
+                "--lr 0.002 (saved) vs 1 (now)",
+                "--seed 0 (saved) vs 3 (now)",
+            ],
+        ),
     ],
+    ids=str,
 )
-def test_resume_with_changed_flags_names_them(
-    baseline_copy, tiny_data, any_size, flag, value, named
+def test_resume_with_changed_flags_names_each_with_old_and_new_value(
+    baseline_copy, tiny_data, any_size, flags, named
 ):
     before = (baseline_copy / "checkpoint.npz").read_bytes()
-    rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume", **{flag: value}))
+    rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume", **flags))
     _assert_one_line_error(rc, stderr)
-    listed = re.search(r"different flags \(([^)]*)\)", stderr)
+    listed = re.search(r"different settings: (.*); resume with", stderr)
     assert listed, stderr
-    assert named in listed[1].split(", ")
+    assert listed[1].split(", ") == named or all(n in listed[1] for n in named)
+    assert len(listed[1].split(", ")) == len(named), stderr
     assert (baseline_copy / "checkpoint.npz").read_bytes() == before
+
+
+def test_resume_of_an_unreadable_config_says_to_start_over(
+    baseline_copy, tiny_data, any_size
+):
+    # As if written by an older jaxbp, which recorded "sizes" rather than "hidden".
+    path = baseline_copy / "checkpoint.npz"
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["config"]["sizes"] = [784, *meta["config"].pop("hidden"), 10]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume"))
+    _assert_one_line_error(rc, stderr)
+    assert "unknown training settings: sizes" in stderr and "--overwrite" in stderr
 
 
 # --- bad flags and missing data
@@ -299,6 +332,10 @@ def test_resume_with_changed_flags_names_them(
         ({"dataset": "cifar10"}, "--dataset"),
         ({"dtype": "float16"}, "--dtype"),
         ({"no_such_flag": "1"}, "unrecognized arguments"),
+        ({"dp_noise": "1"}, "--dp-noise 1 needs --dp-clip"),
+        ({"dp_noise": "-1"}, "--dp-noise: must be a non-negative number"),
+        ({"output_activation": "sigmoid"}, "requires --output-activation='identity'"),
+        ({"devices": "64"}, "--devices 64, but only"),
     ],
 )
 def test_bad_flags_fail_with_one_line(
@@ -312,11 +349,91 @@ def test_bad_flags_fail_with_one_line(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [[], ["fit"], ["check", "--sizes", "5"]], ids=str)
-def test_bad_commands_fail_with_one_line(argv):
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], None),
+        (["fit"], None),
+        (["check", "--sizes", "5"], "check"),
+        (["check", "--output-activation", "tanh"], "check"),
+        (["download", "--dataset", "cifar10"], "download"),
+    ],
+    ids=str,
+)
+def test_bad_commands_fail_with_one_line(argv, command):
     rc, _, stderr = _main(argv)
+    assert rc in (1, 2)
+    _assert_one_line_error(rc, stderr, command)
+
+
+def test_out_that_is_a_file_fails_with_one_line(tiny_data, tmp_path, any_size):
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    rc, stdout, stderr = _main(_argv(tiny_data, out))
     assert rc == 2
     _assert_one_line_error(rc, stderr)
+    assert f"--out {out} is a file, not a folder" in stderr
+    assert stdout == "" and out.read_text() == "not a folder"
+
+
+def test_out_that_cannot_be_created_fails_with_one_line(tiny_data, tmp_path, any_size):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "run"
+    rc, _, stderr = _main(_argv(tiny_data, out, "--quiet"))
+    assert rc == 2
+    _assert_one_line_error(rc, stderr)
+    assert f"--out {out}: cannot create the folder" in stderr
+
+
+def test_corrupt_checkpoint_on_resume_fails_with_one_line(
+    baseline_copy, tiny_data, any_size
+):
+    (baseline_copy / "checkpoint.npz").write_bytes(b"garbage")
+    rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume"))
+    assert rc == 1
+    _assert_one_line_error(rc, stderr)
+    assert "corrupt" in stderr
+
+
+@pytest.mark.parametrize("command", [None, "check", "train", "download"])
+def test_help_gives_every_flag_a_help_text_and_its_default(command, capsys):
+    parser = cli.build_parser()
+    if command is not None:
+        sub = next(
+            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+        )
+        parser = sub.choices[command]
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert flags or command is None
+    for action in flags:
+        assert action.help, action.option_strings
+        assert "(default: " in action.help, action.option_strings
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(([command] if command else []) + ["--help"])
+    if command is None:
+        return
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.count("(default:") == len(flags)
+
+
+def test_train_help_shows_the_config_defaults():
+    sub = next(
+        a
+        for a in cli.build_parser()._actions
+        if isinstance(a, argparse._SubParsersAction)
+    )
+    help_text = sub.choices["train"].format_help()
+    defaults = TrainConfig()
+    for flag, shown in [
+        ("--batch-size", defaults.batch_size),
+        ("--epochs", defaults.epochs),
+        ("--optimizer", defaults.optimizer),
+        ("--hidden", ",".join(map(str, defaults.hidden))),
+    ]:
+        options = help_text.split("options:", 1)[1]
+        block = options.split(f"\n  {flag}", 1)[1].split("\n  --", 1)[0]
+        assert f"(default: {shown})" in " ".join(block.split()), flag
 
 
 def test_missing_data_dir_fails_with_one_line(tmp_path, monkeypatch):
@@ -341,8 +458,14 @@ def test_missing_data_offline_fails_without_traceback(tmp_path, monkeypatch):
     rc, _, stderr = _main(argv)
     assert rc == 1
     assert "Traceback" not in stderr
-    assert stderr.startswith("jaxbp: error: ")
+    assert stderr.startswith("jaxbp train: error: ")
     assert "train-images-idx3-ubyte.gz" in stderr and "JAXBP_OFFLINE" in stderr
+    # The searched folders stay a readable list, one per line.
+    lines = stderr.splitlines()
+    assert 3 <= len(lines) <= 12 and max(map(len, lines)) < 200, stderr
+    searched = [line.strip() for line in lines if line.startswith("  ")]
+    assert any(s.startswith(str(tmp_path / "data")) for s in searched), stderr
+    assert any(s.startswith(str(tmp_path / "cache")) for s in searched), stderr
     assert not out.exists()
     assert not (tmp_path / "cache").exists()  # nothing was downloaded
 
@@ -411,4 +534,4 @@ def test_one_epoch_on_fashion_mnist(shared_data_dir, tmp_path):
     assert metrics["train_examples"] == 60000 and metrics["test_examples"] == 10000
     assert metrics["final_test_accuracy"] > 0.75
     assert metrics["history"][0]["step"] == 60000 // 128
-    assert train.DEFAULT_LEARNING_RATES["adam"] == metrics["config"]["lr"]
+    assert optim.DEFAULT_LEARNING_RATES["adam"] == metrics["config"]["lr"]
