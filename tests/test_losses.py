@@ -161,6 +161,18 @@ def test_prepare_targets(dtype):
         assert t.shape == (3, 4) and t.dtype == jnp.dtype(dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prepare_targets_makes_out_of_range_labels_nan_rows(dtype):
+    # jax.nn.one_hot would give a row of zeros: the example would silently vanish.
+    with jax.enable_x64(dtype == "float64"):
+        labels = jnp.asarray([2, 4, -1, 0])
+        t = jax.jit(prepare_targets, static_argnums=(1, 2))(labels, 4, jnp.dtype(dtype))
+        assert t.dtype == jnp.dtype(dtype)
+        np.testing.assert_array_equal(t[0], np.eye(4)[2])
+        np.testing.assert_array_equal(t[3], np.eye(4)[0])
+        assert np.all(np.isnan(t[1])) and np.all(np.isnan(t[2]))
+
+
 def test_doctests():
     result = doctest.testmod(losses)
     assert result.attempted > 0
