@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from jaxbp import MLP, data, train
+from jaxbp import MLP, data, optim, train
 
 CONFIGS = {
     # name: (hidden, activation, optimizer)
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     }
     for name, (hidden, activation, opt_name) in CONFIGS.items():
         net = MLP((784, *hidden, 10), activation)
-        lr = train.DEFAULT_LEARNING_RATES[opt_name]
+        lr = optim.DEFAULT_LEARNING_RATES[opt_name]
         steps = args.epochs * (len(train_xy[0]) // args.batch_size)
-        optimizer = train.make_optimizer(
+        optimizer = optim.make_optimizer(
             opt_name, lr, schedule="cosine", total_steps=steps
         )
         state = train.init_train_state(net, optimizer, jax.random.key(args.seed))

@@ -1,14 +1,13 @@
 """Training curves: manual and autodiff gradients from the same seed, overlaid.
 
-Trains the `jaxbp train` default network and recipe (read from jaxbp.cli, so that this
-experiment and the CLI agree: 784-100-10 ReLU, softmax cross-entropy, Adam at the
-default learning rate with cosine decay, batch 64, 10 epochs, seed 0, float32, uint8
-pixels scaled inside the step) twice, once with the hand-derived gradient and once
-with jax.grad, from the same seed (same initial parameters, same shuffles), on
-Fashion-MNIST and on MNIST where its training images are present. Records per epoch
-the training loss, test loss and test accuracy of both runs, the largest difference
-between the two curves, the final accuracies and the largest parameter difference at
-the end.
+Trains the `jaxbp train` default run, `jaxbp.TrainConfig()` (784-100-10 ReLU, softmax
+cross-entropy, Adam at 2e-3 with cosine decay, batch 64, 10 epochs, seed 0, float32,
+uint8 pixels scaled inside the step), on Fashion-MNIST and on MNIST, twice each: once
+with the hand-derived gradient and once with jax.grad, from the same seed (same initial
+parameters, same shuffles), through `jaxbp.config.setup` and `jaxbp.config.fit`, the
+path `jaxbp train` takes. Records per epoch the training loss, test loss and test
+accuracy of both runs, the largest difference between the two curves, the final
+accuracies and the largest parameter difference at the end.
 
 --quick trains 1 epoch on 5,000 examples (evaluating on 2,000) of Fashion-MNIST when
 its files are found ($JAXBP_DATA_DIR or the cache, never downloading), else on a small
@@ -20,6 +19,7 @@ Example:
   JAXBP_DATA_DIR=../shared/data python experiments/training_curves.py
 """
 
+import dataclasses
 import sys
 import time
 
@@ -29,27 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxbp
-from jaxbp import cli, train
+from jaxbp.config import TrainConfig, fit, load_data, setup
 from jaxbp.data import DataError
 
 GRADS = ("manual", "autodiff")
-
-
-def cli_defaults(**overrides) -> dict:
-    """The configuration `jaxbp train` uses with no flags (``cli._train_config``)."""
-    args = cli.build_parser().parse_args(["train"])
-    for k, v in overrides.items():
-        setattr(args, k, v)
-    return cli._train_config(args)
-
-
-def load_real(name: str, *, offline: bool | None = None):
-    """``(x, y), (xt, yt)`` as the CLI loads them: flat uint8 pixels, int32 labels."""
-    out = []
-    for split in ("train", "test"):
-        images, labels = jaxbp.load_dataset(name, split, offline=offline)
-        out.append((images.reshape(len(images), -1), labels.astype(np.int32)))
-    return out
 
 
 def synthetic(n_train: int, n_test: int, seed: int = 0):
@@ -64,31 +47,22 @@ def synthetic(n_train: int, n_test: int, seed: int = 0):
     return out
 
 
-def run(config: dict, train_data, test_data, *, verbose: bool = True) -> dict:
-    """Trains once per gradient source from the same seed; returns logs and params."""
-    net = jaxbp.MLP(
-        tuple(config["sizes"]),
-        config["activation"],
-        config["output_activation"],
-        config["loss"],
-    )
-    steps_per_epoch = len(train_data[0]) // config["batch_size"]
+def run(config: TrainConfig, train_data, test_data, *, verbose: bool = True) -> dict:
+    """Trains ``config`` once per gradient source from the same seed.
+
+    Returns:
+      ``{"network", "num_params", "first_step", "runs": {grad: {"history",
+      "timing", "params"}}}``.
+    """
     results = {}
     for grad in GRADS:
-        optimizer = train.make_optimizer(
-            config["optimizer"],
-            config["lr"],
-            schedule=config["schedule"],
-            total_steps=config["epochs"] * steps_per_epoch,
-        )
-        state = train.init_train_state(
-            net,
-            optimizer,
-            jax.random.key(config["seed"]),
-            dtype=jnp.dtype(config["dtype"]),
+        run_setup = setup(
+            dataclasses.replace(config, grad=grad),
+            train_data=train_data,
+            test_data=test_data,
         )
         if grad == GRADS[0]:
-            first = _first_step_difference(net, state, train_data, config)
+            first = _first_step_difference(run_setup)
 
         def on_epoch(state, log, grad=grad):
             if not verbose:
@@ -101,53 +75,44 @@ def run(config: dict, train_data, test_data, *, verbose: bool = True) -> dict:
             )
 
         t0 = time.perf_counter()
-        state, logs, timing = train.fit(
-            net,
-            optimizer,
-            state,
-            train_data,
-            epochs=config["epochs"],
-            batch_size=config["batch_size"],
-            grad=grad,
-            test_data=test_data,
-            on_epoch=on_epoch,
-        )
+        state, logs, timing = fit(run_setup, on_epoch=on_epoch)
         results[grad] = {
             "history": [log._asdict() for log in logs],
             "timing": timing | {"wall_s": time.perf_counter() - t0},
             "params": state.params,
         }
+    net = run_setup.net
     return {"network": str(net), "num_params": net.num_params, "first_step": first} | {
         "runs": results
     }
 
 
-def _first_step_difference(net, state, train_data, config) -> dict:
+def _first_step_difference(run_setup) -> dict:
     """Manual vs autodiff gradient on the first batch of the run (before training)."""
-    x, y = train_data
-    n = config["batch_size"]
-    xb = jnp.asarray(x[:n], config["dtype"]) / 255.0
+    net, params = run_setup.net, run_setup.state.params
+    x, y = run_setup.train_data
+    n = run_setup.config.batch_size
+    dtype = jnp.dtype(run_setup.config.dtype)
+    xb = jnp.asarray(x[:n], dtype) / jnp.asarray(255, dtype)  # as the step scales
     yb = jnp.asarray(y[:n])
-    manual = jax.jit(net.value_and_manual_grad)(state.params, xb, yb)[1]
-    auto = jax.jit(jax.grad(net.loss))(state.params, xb, yb)
+    manual = jax.jit(net.value_and_manual_grad)(params, xb, yb)[1]
+    auto = jax.jit(jax.grad(net.loss))(params, xb, yb)
     comp = jaxbp.compare_grads(manual, auto, names=("manual", "autodiff"))
     return {"max_abs": max(l.max_abs for l in comp.leaves), "max_rel": comp.max_rel}
 
 
-def precision_check(config: dict, train_data, test_data, epochs: int) -> dict:
+def precision_check(config: TrainConfig, train_data, test_data, epochs: int) -> dict:
     """Manual vs autodiff over a short run in float32 and in float64 (same recipe).
 
     Shows whether the two runs part because of float32 rounding: in float64 the same
     two runs should stay together to many more digits. Compares the training losses
-    and the parameters only: there is no evaluation, because ``train.make_evaluate``
-    fails under x64 (its int32 accuracy counter meets an int64 sum).
+    and the parameters.
     """
-    del test_data
     out = {}
     for dtype in ("float32", "float64"):
-        cfg = config | {"dtype": dtype, "epochs": epochs}
+        cfg = dataclasses.replace(config, dtype=dtype, epochs=epochs)
         with jax.enable_x64(dtype == "float64"):
-            s = summarize(run(cfg, train_data, None, verbose=False))
+            s = summarize(run(cfg, train_data, test_data, verbose=False))
         out[dtype] = {
             "max_abs_train_loss_difference": s["max_abs_curve_difference"][
                 "train_loss"
@@ -265,7 +230,10 @@ def main(argv=None) -> int:
         "synthetic where not; never downloads in --quick)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="override the CLI's epochs"
+        "--epochs",
+        type=int,
+        default=None,
+        help="override TrainConfig's epochs (default 10; --quick: 1)",
     )
     parser.add_argument(
         "--precision-epochs",
@@ -283,7 +251,7 @@ def main(argv=None) -> int:
         overrides["epochs"] = 1
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    config = cli_defaults(**overrides)
+    config = TrainConfig(**overrides)
     print(
         "config (jaxbp train defaults"
         + (f", overridden: {overrides}" if overrides else "")
@@ -298,7 +266,7 @@ def main(argv=None) -> int:
             (x, y), (xt, yt) = synthetic(5000 if args.quick else 20000, 2000)
         else:
             try:
-                (x, y), (xt, yt) = load_real(name, offline=True if args.quick else None)
+                (x, y), (xt, yt) = load_data(name, offline=True if args.quick else None)
             except DataError as e:
                 lines = str(e).splitlines() or [type(e).__name__]
                 reason = next((s for s in lines if "missing" in s), lines[0]).strip()
@@ -317,9 +285,9 @@ def main(argv=None) -> int:
         sources[name] = source
         print(
             f"\n{name} ({source}): {len(x):,} train / {len(xt):,} test, "
-            f"{config['epochs']} epochs, batch {config['batch_size']}"
+            f"{config.epochs} epochs, batch {config.batch_size}"
         )
-        results[name] = run(config, (x, y), (xt, yt))
+        results[name] = run(dataclasses.replace(config, dataset=name), (x, y), (xt, yt))
         results[name]["summary"] = summarize(results[name])
         results[name]["data"] = {"source": source, "train": len(x), "test": len(xt)}
         precision_epochs = args.precision_epochs
@@ -331,7 +299,10 @@ def main(argv=None) -> int:
                 f"{precision_epochs} epochs, in float32 and in float64"
             )
             results[name]["precision_check"] = precision_check(
-                config, (x, y), (xt, yt), precision_epochs
+                dataclasses.replace(config, dataset=name),
+                (x, y),
+                (xt, yt),
+                precision_epochs,
             )
 
     if not results:
@@ -365,7 +336,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "quick": args.quick,
-        "config": config,
+        "config": config.to_dict(),
         "datasets": {
             name: {k: v for k, v in res.items() if k != "runs"}
             | {

@@ -245,7 +245,10 @@ class TrainSetup(NamedTuple):
 
 
 def load_data(
-    dataset: str, *, data_dir: str | os.PathLike | None = None
+    dataset: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Both splits as a training run takes them: flat ``uint8`` pixels, ``int32``
     labels.
@@ -254,6 +257,7 @@ def load_data(
       dataset: the dataset name.
       data_dir: the folder holding its files (else the search of
         :func:`jaxbp.data.load_dataset`).
+      offline: never download; ``None`` reads ``$JAXBP_OFFLINE``.
 
     Returns:
       ``((x, y), (x_test, y_test))``; ``x`` is ``(N, 784)`` ``uint8``.
@@ -263,7 +267,9 @@ def load_data(
     """
     out = []
     for split in ("train", "test"):
-        images, labels = data.load_dataset(dataset, split, data_dir=data_dir)
+        images, labels = data.load_dataset(
+            dataset, split, data_dir=data_dir, offline=offline
+        )
         # Pixels stay uint8 on the device; each batch is scaled to [0, 1] inside the
         # compiled step (4x less memory traffic than a float copy).
         out.append((images.reshape(len(images), -1), labels.astype(np.int32)))

@@ -135,7 +135,8 @@ def test_equivalence_atlas(quick_runs):
 def test_training_curves(quick_runs):
     _, out = _ok(quick_runs, "training_curves")
     record = json.loads((out / "training_curves.json").read_text())
-    assert record["config"]["sizes"] == [784, 100, 10]
+    assert record["config"]["hidden"] == [100]
+    assert record["datasets"]["fashion_mnist"]["network"].startswith("MLP(784-100-10,")
     res = record["datasets"]["fashion_mnist"]
     expected = "real" if os.environ.get("JAXBP_DATA_DIR") else None
     if expected:
