@@ -393,9 +393,7 @@ def _show(name: str, value) -> str:
     """A setting's value as its flag would be written."""
     if name == "hidden":
         return ",".join(map(str, value)) or "none"
-    if value is None:
-        return "off"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return "off" if value is None else str(value)  # floats: shortest exact form
 
 
 def _check_resume(ckpt_path: pathlib.Path, config: TrainConfig) -> None:
