@@ -13,6 +13,7 @@ prints, checkpoints and writes ``metrics.json``. Every error is one
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -526,10 +527,15 @@ def run_train(args) -> int:
             raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
         _check_resume(ckpt_path, config)
     mesh = _data_mesh(args.devices, config.batch_size)
-    num_devices = 1 if mesh is None else parallel.num_data_shards(mesh)
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    x64 = config.dtype == "float64"
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        return _train(args, config, out, mesh)
 
+
+def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
+    """The body of ``jaxbp train`` once its flags are checked: set up, fit, record."""
+    ckpt_path = out / "checkpoint.npz"
+    num_devices = 1 if mesh is None else parallel.num_data_shards(mesh)
     run = setup(config, data_dir=args.data_dir)
     history: list[dict] = []
     start_epoch = 0

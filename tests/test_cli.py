@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -194,6 +195,18 @@ def test_final_accuracy_is_that_of_the_checkpoint(baseline, tiny_data):
 def test_hidden_flag_forms(flags, sizes):
     args = cli.build_parser().parse_args(["train", *flags])
     assert cli.config_from_args(args).sizes == tuple(sizes)
+
+
+def test_float64_run_leaves_x64_off(tiny_data, tmp_path, any_size):
+    out = tmp_path / "run"
+    rc, _, stderr = _main(_argv(tiny_data, out, "--quiet", dtype="float64", epochs="1"))
+    assert rc == 0, stderr
+    with jax.enable_x64(True):
+        _, params, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
+    assert all(leaf.dtype == np.float64 for layer in params for leaf in layer.values())
+    assert meta["config"]["dtype"] == "float64"
+    assert not jax.config.jax_enable_x64  # only inside the run
+    assert jnp.zeros(1).dtype == jnp.float32
 
 
 # --- resume
