@@ -12,6 +12,9 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.gradcheck``: manual vs ``jax.grad`` vs finite differences, leaf by leaf;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping;
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
+* ``jaxbp.explainer``: :func:`explain`, one training step of a small network with
+  every number of the forward pass, the chain rule and the delta rule, as text, JSON
+  or a web page;
 * ``jaxbp.train`` and ``jaxbp.checkpoint``: training state, compiled step and epoch,
   evaluation, ``fit``, atomic checkpoints;
 * ``jaxbp.cli``: the ``jaxbp`` command.
@@ -21,6 +24,7 @@ from jaxbp import activations
 from jaxbp import backward
 from jaxbp import checkpoint
 from jaxbp import data
+from jaxbp import explainer
 from jaxbp import gradcheck
 from jaxbp import losses
 from jaxbp import mlp
@@ -37,6 +41,8 @@ from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
 from jaxbp.data import to_float
+from jaxbp.explainer import Trace
+from jaxbp.explainer import explain
 from jaxbp.gradcheck import GradCheckReport
 from jaxbp.gradcheck import assert_gradients_agree
 from jaxbp.gradcheck import check_gradients
@@ -68,6 +74,7 @@ __all__ = (
     "LOSSES",
     "Loss",
     "MLP",
+    "Trace",
     "TrainState",
     "activations",
     "assert_gradients_agree",
@@ -77,6 +84,8 @@ __all__ = (
     "clipped_grad",
     "compare_grads",
     "data",
+    "explain",
+    "explainer",
     "finite_difference_grad",
     "fit",
     "get_activation",

@@ -113,7 +113,9 @@ def check_published(trace: Trace, example: Example) -> list[Check]:
     checks = []
     for name, expected in example.published.items():
         got = trace.value(name)
-        checks.append(Check(name, expected, got, abs(got - expected) <= example.tolerance))
+        checks.append(
+            Check(name, expected, got, abs(got - expected) <= example.tolerance)
+        )
     return checks
 
 

@@ -215,7 +215,7 @@ class LossTerms:
     Attributes:
       name: the objective, e.g. ``"half_sse"``.
       formula: the per-example loss as a sum of per-output terms.
-      term_formula: the term of output ``k``, e.g. ``"1/2 (o1 - t1)^2"``, one per output.
+      term_formula: the term of each output, e.g. ``"1/2 (o1 - t1)^2"``.
       terms: the per-output terms, ``(B, n_L)``.
       per_example: each example's loss (the library's), ``(B,)``.
       value: ``E``, the mean over the batch (the library's :meth:`~jaxbp.MLP.loss`).
@@ -418,7 +418,7 @@ def check_size(net: MLP, batch_size: int = 1) -> None:
 
 
 def _as_batch(net: MLP, x, y):
-    """``x`` as ``(B, n_0)`` float64; ``y`` as labels ``(B,)`` or targets ``(B, n_L)``."""
+    """``x`` as ``(B, n_0)`` float64; ``y`` as labels ``(B,)`` or ``(B, n_L)``."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
@@ -644,9 +644,7 @@ def _build(net: MLP, lr: float, num: dict) -> Trace:
         loss=loss,
         params=tuple(params),
         loss_after=num["loss_after"],
-        max_abs_manual_vs_autodiff=max(
-            abs(p.manual - p.autodiff) for p in params
-        ),
+        max_abs_manual_vs_autodiff=max(abs(p.manual - p.autodiff) for p in params),
         max_abs_chain_vs_manual=chain_err,
         max_abs_paths_vs_matrix=paths_err,
     )
@@ -696,9 +694,7 @@ def _loss_terms(net: MLP, names: dict, num: dict) -> LossTerms:
         with jax.enable_x64(True):
             log_p = np.asarray(jax.nn.log_softmax(jnp.asarray(out), axis=-1))
         terms = -t * log_p
-        term_formula = [
-            f"-{tk} log p{k + 1}" for k, tk in enumerate(tgts)
-        ]
+        term_formula = [f"-{tk} log p{k + 1}" for k, tk in enumerate(tgts)]
     else:  # pragma: no cover - MLP rejects unknown losses
         raise ValueError(f"no per-output terms for loss {net.objective!r}")
     if not np.allclose(terms.sum(axis=1), num["per_example"], rtol=1e-12, atol=1e-15):
@@ -728,14 +724,16 @@ def _out_factor_formula(net: MLP, o: str, t: str, k: int, batch: int) -> str:
     else:
         formula, scale = f"p{k + 1} - {t}", batch
     if scale > 1:
-        formula = f"({formula}) / {scale}" if net.objective != "mse" else (
-            f"{formula} / {scale}"
+        formula = (
+            f"({formula}) / {scale}"
+            if net.objective != "mse"
+            else (f"{formula} / {scale}")
         )
     return formula
 
 
 def _param(net, num, l, i, j, unit: Unit, source, batch) -> Param:
-    """The :class:`Param` of ``w[i, j]`` (or of ``b[j]`` when ``i`` is None) of layer ``l``."""
+    """The weight ``w[i, j]`` of layer ``l`` (the bias ``b[j]`` if ``i`` is None)."""
     is_out = l == net.depth - 1
     fused = net.loss_fn.needs_logits
     kind = "b" if i is None else "w"
@@ -758,9 +756,7 @@ def _param(net, num, l, i, j, unit: Unit, source, batch) -> Param:
             Factor(f"d{unit.name}/d{unit.z_name}", unit.derivative, unit.fprime)
         )
     if kind == "w":
-        factors.append(
-            Factor(f"d{unit.z_name}/d{name}", source, _t(num["a"][l][:, i]))
-        )
+        factors.append(Factor(f"d{unit.z_name}/d{name}", source, _t(num["a"][l][:, i])))
         index = (i, j)
     else:
         factors.append(Factor(f"d{unit.z_name}/d{name}", "1", (1.0,) * batch))
