@@ -119,7 +119,7 @@ footer { max-width: 1080px; margin: 24px auto; padding: 0 24px; color: var(--mut
 @page { margin: 1.6cm; }
 """
 
-_JS = """
+_JS = r"""
 (function () {
   var svg = document.getElementById("net");
   var pinned = null;
