@@ -51,6 +51,10 @@ def _num(text: str) -> str:
     return f'<span class="num">{html.escape(text)}</span>'
 
 
+#: Layers with more connections than this label a weight only while it is
+#: highlighted (every weight is still in the tables).
+_LABELLED_EDGES = 9
+
 _CSS = """
 :root { --ink: #1b1f24; --muted: #59636e; --line: #d0d7de; --accent: #0b62c4;
   --hot: #d1242f; --bg-soft: #f6f8fa; --good: #1a7f37; }
@@ -77,6 +81,8 @@ th, td { text-align: left; padding: 3px 10px 3px 0; border-bottom: 1px solid #ea
   vertical-align: baseline; }
 th { color: var(--muted); font-weight: 600; font-size: 0.9em; }
 td.n, th.n { text-align: right; white-space: nowrap; }
+td.nums { text-align: right; }
+.scroll { overflow-x: auto; }
 td.eq { white-space: nowrap; }
 tr.hl td { background: #fff8c5; }
 tr[data-param] { cursor: pointer; }
@@ -98,6 +104,8 @@ svg .edge.tail line { stroke-dasharray: 4 3; }
 svg .edge text { font-size: 11px; paint-order: stroke; stroke: #fff; stroke-width: 4px;
   stroke-linejoin: round; }
 svg .edge { cursor: pointer; }
+svg .edge.dense text { display: none; }
+svg.focus .edge.dense.on text { display: inline; }
 svg .edge .hit { stroke: transparent; stroke-width: 12; }
 svg.focus .edge { opacity: 0.18; }
 svg.focus .edge.on { opacity: 1; }
@@ -310,10 +318,14 @@ def _network_section(trace: Trace, d: int) -> list[str]:
         if p.kind != "w":
             continue
         (x0, y0), (x1, y1) = pos[p.source], pos[p.target]
-        t = 0.3
+        fan_in, fan_out = sizes[p.layer - 1], sizes[p.layer]
+        # Labels spread along the lines by the unit fed, so that they rarely meet.
+        t = 0.22 + (0.5 * p.col / (fan_out - 1) if fan_out > 1 else 0.1)
+        dense = fan_in * fan_out > _LABELLED_EDGES
         lx, ly = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
         edges.append(
-            f'<g class="edge" data-param="{p.name}" data-from="{p.source}" '
+            f'<g class="edge{" dense" if dense else ""}" data-param="{p.name}" '
+            f'data-from="{p.source}" '
             f'data-to="{p.target}"><title>{p.name}: {p.source} → {p.target} = '
             f"{fmt(p.value, d)}</title>"
             f'<line x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{x1 - r:.1f}" y2="{y1:.1f}"/>'
@@ -346,8 +358,10 @@ def _network_section(trace: Trace, d: int) -> list[str]:
     )
     for k, name in enumerate(trace.targets):
         x, y = pos[trace.layers[-1].units[k].name]
+        # Above the unit when the dashed line to E runs down from it, else below.
+        ty = y - 8 if y <= ey else y + 18
         units.append(
-            f'<text x="{x + r + 6:.1f}" y="{y - 8:.1f}" class="sub">'
+            f'<text x="{x + r + 6:.1f}" y="{ty:.1f}" class="sub">'
             f"{_svg_name(name, ' = ' + fmt(trace.y[0][k], dd))}</text>"
         )
     out += edges + units
@@ -356,6 +370,11 @@ def _network_section(trace: Trace, d: int) -> list[str]:
         "Each unit shows its activation, its bias and (red) its error signal "
         "δ = ∂E/∂z; each line its weight"
     )
+    if any(m * n > _LABELLED_EDGES for m, n in zip(sizes, sizes[1:], strict=False)):
+        caption += (
+            " (in layers with more than "
+            f"{_LABELLED_EDGES} connections, while it is highlighted)"
+        )
     if trace.batch_size > 1:
         caption += ", for the first example of the batch"
     out.append(f"<figcaption>{caption}.</figcaption>")
@@ -424,7 +443,7 @@ def _forward_section(trace: Trace, d: int) -> list[str]:
                 for i, src in enumerate(sources)
             )
             numbers += f" + {fmt_factor([layer.b[u.index]], d)}"
-            cls = ["eq", "n", "n"]
+            cls = ["eq", "nums", "n"]
             out.append(
                 _row(math(u.equation), _num(numbers), fmt_values(u.z, d), classes=cls)
             )
@@ -456,7 +475,7 @@ def _loss_section(trace: Trace, d: int) -> list[str]:
         '<th class="n">value</th>'
         "</tr>",
     ]
-    cls = ["eq", "n", "n"]
+    cls = ["eq", "nums", "n"]
     if loss.probs is not None:
         for k in range(len(trace.targets)):
             values = [row[k] for row in loss.probs]
@@ -516,7 +535,7 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
         '<th class="n">with the numbers</th>'
         '<th class="n">value</th></tr>'
     )
-    cls = ["eq", "eq", "n", "n"]
+    cls = ["eq", "eq", "nums", "n"]
     for u in trace.layers[-1].units:
         p = next(p for p in trace.params if p.kind == "b" and p.target == u.name)
         if fused:
@@ -636,12 +655,13 @@ def _chain_section(trace: Trace, d: int) -> list[str]:
         + math("dE/dW = dE/da · da/dz · dz/dW")
         + ", where the last factor is the input the weight multiplies (1 for a bias)"
         + (f"; the products of the {batch} examples are summed" if batch > 1 else "")
-        + ". Click a row to see the weight in the diagram.</p>",
+        + '. <span class="hint">Click a row to see the weight in the diagram.</span>'
+        "</p>",
         "<table><tr><th>gradient</th><th>chain rule</th>"
         '<th class="n">with the numbers</th>'
         '<th class="n">product</th></tr>',
     ]
-    cls = ["eq", "eq", "n", "n"]
+    cls = ["eq", "eq", "nums", "n"]
     for layer in reversed(trace.layers):
         for p in trace.params:
             if p.layer != layer.index:
@@ -708,7 +728,7 @@ def _step_section(trace: Trace, d: int) -> list[str]:
         '<table><tr><th>parameter</th><th class="n">with the numbers</th>'
         '<th class="n">before</th><th class="n">after</th></tr>',
     ]
-    cls = ["", "n", "n", "n"]
+    cls = ["", "nums", "n", "n"]
     for p in trace.params:
         numbers = f"{fmt(p.value, d)} - {lr} · {fmt_factor([p.manual], d)}"
         out.append(
