@@ -90,13 +90,14 @@ def test_seed_batch_and_labels():
     [
         (["--x", "1,2", "--y", "0.5"], "give the parameters with --params"),
         (
-            ["--sizes", "2,1", "--seed", "0", "--x", "1,2"],
+            ["--sizes", "2,2", "--seed", "0", "--x", "1,2"],
             "give the inputs and targets",
         ),
-        (["--sizes", "2,1", "--seed", "0", "--x", "1,a", "--y", "1"], "'a' is not a"),
-        (["--sizes", "2,1", "--seed", "0", "--x", "1", "--y", "1"], "has 1 numbers"),
-        (["--sizes", "2,9,1", "--seed", "0", "--x", "1,2", "--y", "1"], "up to 8"),
-        (["--sizes", "2,1", "--seed", "0", "--x", "1,2", "--y", "1,2"], "1 outputs"),
+        (["--sizes", "2,2", "--seed", "0", "--x", "1,a", "--y", "1"], "'a' is not a"),
+        (["--sizes", "2,2", "--seed", "0", "--x", "1", "--y", "1"], "has 1 numbers"),
+        (["--sizes", "2,9,2", "--seed", "0", "--x", "1,2", "--y", "1"], "up to 8"),
+        (["--sizes", "2,2", "--seed", "0", "--x", "1,2", "--y", "1,2,3"], "2 outputs"),
+        (["--sizes", "2,1", "--seed", "0", "--x", "1,2", "--y", "1"], "always 0"),
         (["--example", "sigmoid-2-2-2", "--x", "1,2"], "leave out --x"),
         (["--example", "sigmoid-2-2-2", "--digits", "40"], "--digits must be"),
         (

@@ -132,6 +132,11 @@ def _problem(sizes, activation, output_activation, loss, params_path, seed, x, y
     elif sizes is None:
         raise ValueError("--seed needs --sizes (the layer widths, input first)")
     net = MLP(tuple(sizes), activation, output_activation, loss)
+    if net.loss_fn.needs_logits and net.sizes[-1] == 1:
+        raise ValueError(
+            f"--loss {loss} over a single output is always 0 (the softmax of one "
+            "number is 1); use --loss half_sse or mse, or two or more outputs"
+        )
     if not x or not y:
         raise ValueError(
             "give the inputs and targets of each example with --x and --y, e.g. "

@@ -16,12 +16,17 @@ from jaxbp.explainer.trace import Layer, Param, Trace, Unit
 def fmt(value: float, digits: int = 8) -> str:
     """A number as a learner writes it: ``0.3`` stays ``0.3``; others get ``digits``.
 
+    A number too small to show in ``digits`` decimals is written in scientific form
+    rather than as 0.
+
     Examples:
-      >>> fmt(0.3), fmt(0.51998934015558), fmt(-35.0), fmt(1 / 3, 4)
-      ('0.3', '0.51998934', '-35', '0.3333')
+      >>> fmt(0.3), fmt(0.51998934015558), fmt(-35.0), fmt(1 / 3, 4), fmt(3e-11)
+      ('0.3', '0.51998934', '-35', '0.3333', '3.00e-11')
     """
     if not math.isfinite(value):
         return str(value)
+    if value != 0 and abs(value) < 0.5 * 10.0**-digits:
+        return f"{value:.2e}"
     fixed = f"{value:.{digits}f}"
     # Short numbers (0.3, 0.35 = 0.35000000000000003) keep their short form.
     if abs(float(fixed) - value) <= 4e-16 * abs(value) or float(fixed) == 0:
