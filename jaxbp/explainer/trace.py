@@ -471,7 +471,11 @@ def explain(net: MLP, params, x, y, *, lr: float = 0.5) -> Trace:
       >>> round(trace.value("new W5"), 8)
       0.43703857
     """
-    if not (isinstance(lr, int | float) and math.isfinite(lr)):
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr must be a number, got {lr!r}") from None
+    if not math.isfinite(lr):
         raise ValueError(f"lr must be a finite number, got {lr!r}")
     x, y = _as_batch(net, x, y)
     check_size(net, x.shape[0])
