@@ -125,12 +125,22 @@ def render_text(
     )
     for layer in trace.layers:
         weights = [p for p in trace.params if p.layer == layer.index]
+        # One item per parameter; wrapped between items only (no-break spaces inside).
         text = ", ".join(
-            f"{p.name} = {fmt(p.value, d)}"
-            + (f" ({p.source}->{p.target})" if p.kind == "w" else "")
+            (
+                f"{p.name} = {fmt(p.value, d)}"
+                + (f" ({p.source}->{p.target})" if p.kind == "w" else "")
+            ).replace(" ", "\u00a0")
             for p in weights
         )
-        lines.append(f"layer {layer.index}  {text}")
+        wrapped = textwrap.wrap(
+            text,
+            88,
+            initial_indent=f"layer {layer.index}  ",
+            subsequent_indent=" " * 9,
+            break_on_hyphens=False,
+        )
+        lines += [line.replace("\u00a0", " ") for line in wrapped]
 
     _forward(lines, trace, d)
     _loss(lines, trace, d)
