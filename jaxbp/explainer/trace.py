@@ -540,74 +540,20 @@ def _t(values) -> tuple:
 
 
 def _build(net: MLP, lr: float, num: dict) -> Trace:
+    """The :class:`Trace` from the library's numbers ``num`` (NumPy, float64)."""
     names = _names(net.sizes)
     depth = net.depth
     batch = num["a"][0].shape[0]
-    fused = net.loss_fn.needs_logits
     loss = _loss_terms(net, names, num)
     layers, params = [], []
-    chain_err = paths_err = 0.0
     for l in range(depth):
         is_out = l == depth - 1
         act = net.output if is_out else net.hidden
-        a_prev_names = names["inputs"] if l == 0 else names["units"][l - 1]
         w, z, a = num["w"][l], num["z"][l], num["a"][l + 1]
         fprime, delta = num["fprime"][l], num["delta"][l]
+        # The matrix form of dE/da for a hidden layer: delta_{l+1} W_{l+1}^T.
         back = None if is_out else num["delta"][l + 1] @ num["w"][l + 1].T
-        units = []
-        for j, unit in enumerate(names["units"][l]):
-            z_name, b_name = names["z"][l][j], names["b"][l][j]
-            w_names = tuple(names["w"][l][i][j] for i in range(w.shape[0]))
-            terms = " + ".join(
-                f"{wn} {src}" for wn, src in zip(w_names, a_prev_names, strict=True)
-            )
-            paths, matrix, routes, routes_sum = (), None, 0, None
-            if is_out:
-                dE_da = None if fused else _t(num["grad_out"][:, j])
-            else:
-                paths = tuple(
-                    PathTerm(
-                        via=names["z"][l + 1][k],
-                        weight=names["w"][l + 1][j][k],
-                        weight_value=float(num["w"][l + 1][j, k]),
-                        delta=_t(num["delta"][l + 1][:, k]),
-                        product=_t(num["delta"][l + 1][:, k] * num["w"][l + 1][j, k]),
-                    )
-                    for k in range(net.sizes[l + 2])
-                )
-                total = np.sum([np.asarray(p.product) for p in paths], axis=0)
-                dE_da, matrix = _t(total), _t(back[:, j])
-                routes, route_total = _routes(num, l, j)
-                routes_sum = _t(route_total)
-                paths_err = max(
-                    paths_err,
-                    float(np.max(np.abs(total - back[:, j]))),
-                    float(np.max(np.abs(total * fprime[:, j] - delta[:, j]))),
-                    float(np.max(np.abs(route_total - total))),
-                )
-            units.append(
-                Unit(
-                    name=unit,
-                    z_name=z_name,
-                    bias=b_name,
-                    layer=l + 1,
-                    index=j,
-                    weights=w_names,
-                    sources=tuple(a_prev_names),
-                    equation=f"{z_name} = {terms} + {b_name}",
-                    activation=act.name,
-                    derivative=_DERIV_FORMULAS[act.name].format(a=unit, z=z_name),
-                    z=_t(z[:, j]),
-                    a=_t(a[:, j]),
-                    fprime=_t(fprime[:, j]),
-                    delta=_t(delta[:, j]),
-                    dE_da=dE_da,
-                    paths=paths,
-                    matrix_form=matrix,
-                    routes=routes,
-                    routes_sum=routes_sum,
-                )
-            )
+        units = [_unit(net, names, num, back, l, j) for j in range(net.sizes[l + 1])]
         layers.append(
             Layer(
                 index=l + 1,
@@ -631,8 +577,6 @@ def _build(net: MLP, lr: float, num: dict) -> Trace:
         for j, unit in enumerate(layer.units):
             params.append(_param(net, num, l, None, j, unit, None, batch))
     params.sort(key=lambda p: (p.kind == "b", int(p.name[1:])))
-    for p in params:
-        chain_err = max(chain_err, abs(sum(p.chain) - p.manual))
     return Trace(
         network=str(net),
         sizes=net.sizes,
@@ -649,8 +593,76 @@ def _build(net: MLP, lr: float, num: dict) -> Trace:
         params=tuple(params),
         loss_after=num["loss_after"],
         max_abs_manual_vs_autodiff=max(abs(p.manual - p.autodiff) for p in params),
-        max_abs_chain_vs_manual=chain_err,
-        max_abs_paths_vs_matrix=paths_err,
+        max_abs_chain_vs_manual=max(abs(sum(p.chain) - p.manual) for p in params),
+        max_abs_paths_vs_matrix=max(
+            _paths_error(u) for layer in layers for u in layer.units
+        ),
+    )
+
+
+def _unit(net: MLP, names: dict, num: dict, back, l: int, j: int) -> Unit:
+    """Unit ``j`` of layer ``l`` (0-based); ``back``: the layer's matrix-form dE/da."""
+    is_out = l == net.depth - 1
+    act = net.output if is_out else net.hidden
+    name, z_name, b_name = names["units"][l][j], names["z"][l][j], names["b"][l][j]
+    sources = names["inputs"] if l == 0 else names["units"][l - 1]
+    w_names = tuple(names["w"][l][i][j] for i in range(len(sources)))
+    terms = " + ".join(f"{wn} {src}" for wn, src in zip(w_names, sources, strict=True))
+    extra = {}
+    if is_out:
+        # dE/do of the loss (none for softmax cross-entropy: dE/dz comes fused).
+        fused = net.loss_fn.needs_logits
+        extra["dE_da"] = None if fused else _t(num["grad_out"][:, j])
+    else:
+        # dE/dh_j = sum_k dE/dz_k W_jk: one path through each unit k it feeds.
+        delta_next, w_next = num["delta"][l + 1], num["w"][l + 1]
+        paths = tuple(
+            PathTerm(
+                via=names["z"][l + 1][k],
+                weight=names["w"][l + 1][j][k],
+                weight_value=float(w_next[j, k]),
+                delta=_t(delta_next[:, k]),
+                product=_t(delta_next[:, k] * w_next[j, k]),
+            )
+            for k in range(w_next.shape[1])
+        )
+        routes, route_total = _routes(num, l, j)
+        extra = {
+            "dE_da": _t(np.sum([np.asarray(p.product) for p in paths], axis=0)),
+            "paths": paths,
+            "matrix_form": _t(back[:, j]),
+            "routes": routes,
+            "routes_sum": _t(route_total),
+        }
+    return Unit(
+        name=name,
+        z_name=z_name,
+        bias=b_name,
+        layer=l + 1,
+        index=j,
+        weights=w_names,
+        sources=tuple(sources),
+        equation=f"{z_name} = {terms} + {b_name}",
+        activation=act.name,
+        derivative=_DERIV_FORMULAS[act.name].format(a=name, z=z_name),
+        z=_t(num["z"][l][:, j]),
+        a=_t(num["a"][l + 1][:, j]),
+        fprime=_t(num["fprime"][l][:, j]),
+        delta=_t(num["delta"][l][:, j]),
+        **extra,
+    )
+
+
+def _paths_error(unit: Unit) -> float:
+    """How far the sum over paths is from the matrix form, the delta rule and routes."""
+    if unit.matrix_form is None:
+        return 0.0
+    total = np.asarray(unit.dE_da)
+    return max(
+        float(np.max(np.abs(total - np.asarray(unit.matrix_form)))),
+        # delta_l = (delta_{l+1} W^T) * f'(z_l), the library's delta.
+        float(np.max(np.abs(total * np.asarray(unit.fprime) - np.asarray(unit.delta)))),
+        float(np.max(np.abs(np.asarray(unit.routes_sum) - total))),
     )
 
 
