@@ -543,13 +543,15 @@ def _add_explain_parser(sub) -> None:
         "--x",
         action="append",
         metavar="X1,X2,...",
-        help="inputs of one example, comma-separated; repeat for a small batch",
+        help="inputs of one example, comma-separated; repeat for a small batch "
+        "(write --x=-1,2 when the first number is negative)",
     )
     ex.add_argument(
         "--y",
         action="append",
         metavar="T1,T2,...",
-        help="targets of one example (or one integer class label); repeat with --x",
+        help="targets of one example (or one integer class label); repeat with --x "
+        "(--y=-1,2 when the first is negative)",
     )
     ex.add_argument(
         "--lr",
