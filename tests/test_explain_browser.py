@@ -33,6 +33,7 @@ def _dump_dom(page: pathlib.Path, fragment: str = "") -> str:
             "--headless",
             "--no-sandbox",  # CI runs as root
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # small /dev/shm in containers
             "--no-first-run",
             "--virtual-time-budget=2000",
             "--dump-dom",
