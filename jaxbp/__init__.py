@@ -14,6 +14,9 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
 * ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
 * ``jaxbp.optim``: optimizers and learning-rate schedules by name;
+* ``jaxbp.explainer``: :func:`explain`, one training step of a small network with
+  every number of the forward pass, the chain rule and the delta rule, as text, JSON
+  or a web page;
 * ``jaxbp.train`` and ``jaxbp.checkpoint``: training state, compiled step and epoch,
   evaluation, ``fit``, atomic checkpoints;
 * ``jaxbp.config``: :class:`TrainConfig`, the one description of a run, and ``setup``,
@@ -26,6 +29,7 @@ from jaxbp import backward
 from jaxbp import checkpoint
 from jaxbp import config
 from jaxbp import data
+from jaxbp import explainer
 from jaxbp import gradcheck
 from jaxbp import losses
 from jaxbp import mlp
@@ -46,6 +50,8 @@ from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
 from jaxbp.data import to_float
+from jaxbp.explainer import Trace
+from jaxbp.explainer import explain
 from jaxbp.gradcheck import GradCheckReport
 from jaxbp.gradcheck import assert_gradients_agree
 from jaxbp.gradcheck import check_gradients
@@ -79,6 +85,7 @@ __all__ = (
     "MLP",
     "TrainConfig",
     "TrainSetup",
+    "Trace",
     "TrainState",
     "activations",
     "assert_gradients_agree",
@@ -89,6 +96,8 @@ __all__ = (
     "compare_grads",
     "config",
     "data",
+    "explain",
+    "explainer",
     "finite_difference_grad",
     "fit",
     "get_activation",

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxbp import checkpoint, data, optim, parallel, train
+from jaxbp import checkpoint, data, explainer, optim, parallel, train
 from jaxbp._atomic import write_atomically
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.config import DTYPES, TrainConfig, TrainSetup, fit, setup
+from jaxbp.explainer import command as explain_command
 from jaxbp.gradcheck import check_gradients
 from jaxbp.losses import LOSSES
 from jaxbp.mlp import MLP
@@ -134,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backpropagation in JAX: a hand-derived backward pass beside "
         "jax.grad.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{check,train,download}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{check,train,download,explain}"
+    )
     sub.required = True
 
     check = sub.add_parser(
@@ -329,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset to download (default: %(default)s)",
     )
     dl.set_defaults(func=run_download)
+    _add_explain_parser(sub)
     return parser
 
 
@@ -628,6 +632,117 @@ def _print_error(prog: str, message: str) -> None:
     argument names."""
     message = re.sub(r"\bdata_dir\b=?", "--data-dir", message).strip()
     print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------- explain
+def _add_explain_parser(sub) -> None:
+    """The ``jaxbp explain`` subcommand: one step of a small network, every number."""
+    ex = sub.add_parser(
+        "explain",
+        help="show every number of one backpropagation step of a small network",
+        description="Trace one gradient-descent step of a small MLP on one example "
+        "(or a few): the forward pass, the loss, the delta of every unit, the chain "
+        "rule for every weight and bias (sum over paths and matrix form), the "
+        "manual gradient beside jax.grad's, and the weights after the step. At most "
+        "8 units per layer, 4 layers and 4 examples.",
+        epilog="Examples: jaxbp explain --example sigmoid-2-2-2 | jaxbp explain "
+        "--params params.json --activation sigmoid --output-activation sigmoid "
+        "--loss half_sse --x 0.1,0.2 --y 0.4,0.6 --format html --out step.html",
+    )
+    ex.add_argument(
+        "--example",
+        choices=explainer.example_names(),
+        help="a worked example shipped with jaxbp (its network, parameters, data "
+        "and learning rate; its published numbers are checked, exit 1 if one fails) "
+        "(default: none)",
+    )
+    ex.add_argument(
+        "--sizes",
+        type=_sizes,
+        help="layer widths, input first, e.g. 2,2,2 (default: from --params)",
+    )
+    _add_net_flags(
+        ex,
+        activation="sigmoid",
+        output_activation="identity",
+        loss="softmax_cross_entropy",
+    )
+    ex.add_argument(
+        "--params",
+        type=pathlib.Path,
+        metavar="FILE",
+        help='JSON parameters: [{"w": [[...]], "b": [...]}, ...], w shaped '
+        "(fan_in, fan_out) (default: none; then --seed draws them)",
+    )
+    ex.add_argument(
+        "--seed",
+        type=int,
+        help="draw the parameters from this seed instead of --params (default: none)",
+    )
+    ex.add_argument(
+        "--x",
+        action="append",
+        metavar="X1,X2,...",
+        help="inputs of one example, comma-separated; repeat for a small batch "
+        "(write --x=-1,2 when the first number is negative) (default: none)",
+    )
+    ex.add_argument(
+        "--y",
+        action="append",
+        metavar="T1,T2,...",
+        help="targets of one example (or one integer class label); repeat with --x "
+        "(--y=-1,2 when the first is negative) (default: none)",
+    )
+    ex.add_argument(
+        "--lr",
+        type=_positive_float,
+        help="learning rate of the step (default: the example's, else 0.5)",
+    )
+    ex.add_argument(
+        "--digits", type=int, default=8, help="decimals shown (default: %(default)s)"
+    )
+    ex.add_argument(
+        "--format",
+        choices=("text", "json", "html"),
+        default="text",
+        help="text for the terminal, json, or one self-contained html page "
+        "(default: %(default)s)",
+    )
+    ex.add_argument(
+        "--out",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="write here (default: standard output)",
+    )
+    ex.set_defaults(func=run_explain)
+
+
+def run_explain(args) -> int:
+    """``jaxbp explain``: 0, or 1 if an example's published numbers do not reproduce."""
+    try:
+        output, ok = explain_command.run(
+            example=args.example,
+            sizes=args.sizes,
+            activation=args.activation,
+            output_activation=args.output_activation,
+            loss=args.loss,
+            params_path=args.params,
+            seed=args.seed,
+            x=args.x or (),
+            y=args.y or (),
+            lr=args.lr,
+            output_format=args.format,
+            digits=args.digits,
+        )
+        if args.out is not None:
+            write_atomically(args.out, output.encode())
+    except (ValueError, TypeError, OSError) as e:
+        raise UsageError(str(e)) from None
+    if args.out is None:
+        sys.stdout.write(output)
+    else:
+        print(f"wrote {args.out}")
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -411,7 +411,7 @@ def test_corrupt_checkpoint_on_resume_fails_with_one_line(
     assert "corrupt" in stderr
 
 
-@pytest.mark.parametrize("command", [None, "check", "train", "download"])
+@pytest.mark.parametrize("command", [None, "check", "train", "download", "explain"])
 def test_help_gives_every_flag_a_help_text_and_its_default(command, capsys):
     parser = cli.build_parser()
     if command is not None:

@@ -1,0 +1,171 @@
+"""What ``jaxbp explain`` does, as a function: flag values in, rendered trace out.
+
+The command line only parses flags and prints; everything a learner can get wrong
+(a parameter file that is not JSON, shapes that do not chain, a network too large to
+read, inputs of the wrong length) is checked here and raised as a ``ValueError`` whose
+message is one line.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp.explainer import examples as examples_lib
+from jaxbp.explainer.html import render_html
+from jaxbp.explainer.inputs import parse_numbers, read_params, sizes_of, targets_row
+from jaxbp.explainer.text import render_json, render_text
+from jaxbp.explainer.trace import check_size, explain
+from jaxbp.mlp import MLP
+
+FORMATS = ("text", "json", "html")
+#: The learning rate when neither ``lr`` nor an example gives one.
+DEFAULT_LR = 0.5
+
+
+def run(
+    *,
+    example: str | None = None,
+    sizes: Sequence[int] | None = None,
+    activation: str = "sigmoid",
+    output_activation: str = "identity",
+    loss: str = "softmax_cross_entropy",
+    params_path=None,
+    seed: int | None = None,
+    x: Sequence[str] = (),
+    y: Sequence[str] = (),
+    lr: float | None = None,
+    output_format: str = "text",
+    digits: int = 8,
+) -> tuple[str, bool]:
+    """Builds the trace that the flags describe and renders it.
+
+    Args:
+      example: a shipped example (:func:`~jaxbp.explainer.examples.example_names`);
+        it brings its own network, parameters, data and learning rate.
+      sizes: the layer widths, input first (optional with ``params_path``).
+      activation, output_activation, loss: the network, as for ``jaxbp train``.
+      params_path: a JSON file ``[{"w": [[...]], "b": [...]}, ...]``.
+      seed: draw the parameters with ``MLP.init`` from this seed instead.
+      x: one string of comma-separated inputs per example.
+      y: one string per example: the targets, or one integer class label.
+      lr: the learning rate (default: the example's, else :data:`DEFAULT_LR`).
+      output_format: ``"text"``, ``"json"`` or ``"html"``.
+      digits: decimals of the numbers shown (text and HTML).
+
+    Returns:
+      ``(output, ok)``: the rendered trace, and whether every published number of the
+      example was reproduced (always ``True`` without an example).
+
+    Raises:
+      ValueError: on any flag value or input that cannot make a trace, with a
+        one-line message that says why.
+    """
+    if output_format not in FORMATS:
+        raise ValueError(f"unknown format {output_format!r}; choose one of {FORMATS}")
+    if not 1 <= digits <= 15:
+        raise ValueError(f"--digits must be between 1 and 15, got {digits}")
+    if lr is not None and not (np.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {lr}")
+    title = description = source = checks = None
+    if example is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--sizes", sizes),
+                ("--params", params_path),
+                ("--seed", seed),
+                ("--x", x or None),
+                ("--y", y or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"--example {example} brings its own network, parameters and data; "
+                f"leave out {', '.join(given)}"
+            )
+        ex = examples_lib.load_example(example)
+        trace, checks = examples_lib.explain_example(example, lr=lr)
+        title, description, source = ex.title, ex.description, ex.source
+    else:
+        net, params, xb, yb = _problem(
+            sizes, activation, output_activation, loss, params_path, seed, x, y
+        )
+        trace = explain(net, params, xb, yb, lr=DEFAULT_LR if lr is None else lr)
+    if output_format == "json":
+        out = render_json(trace, title=title, checks=checks)
+    elif output_format == "html":
+        out = render_html(
+            trace,
+            digits=digits,
+            title=title,
+            description=description,
+            source=source,
+            checks=checks,
+        )
+    else:
+        out = render_text(
+            trace, digits=digits, title=title, description=description, checks=checks
+        )
+    return out, checks is None or all(c.ok for c in checks)
+
+
+def _problem(sizes, activation, output_activation, loss, params_path, seed, x, y):
+    """``(net, params, x, y)`` from the flags of a network the learner types in."""
+    if (params_path is None) == (seed is None):
+        raise ValueError(
+            "give the parameters with --params FILE (JSON) or draw them with "
+            "--seed N (one of the two)"
+        )
+    params = None
+    if params_path is not None:
+        params = read_params(params_path)
+        from_file = sizes_of(params)
+        if sizes is not None and tuple(sizes) != from_file:
+            raise ValueError(
+                f"--sizes {','.join(map(str, sizes))} but {params_path} holds a "
+                f"{'-'.join(map(str, from_file))} network"
+            )
+        sizes = from_file
+    elif sizes is None:
+        raise ValueError("--seed needs --sizes (the layer widths, input first)")
+    net = MLP(tuple(sizes), activation, output_activation, loss)
+    if net.loss_fn.needs_logits and net.sizes[-1] == 1:
+        raise ValueError(
+            f"--loss {loss} over a single output is always 0 (the softmax of one "
+            "number is 1); use --loss half_sse or mse, or two or more outputs"
+        )
+    if not x or not y:
+        raise ValueError(
+            "give the inputs and targets of each example with --x and --y, e.g. "
+            "--x 0.1,0.2 --y 0.4,0.6 (repeat both for a small batch)"
+        )
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} --x but {len(y)} --y: one of each per example")
+    check_size(net, len(x))
+    rows = []
+    for n, text in enumerate(x):
+        row = parse_numbers(text, name="--x")
+        if len(row) != net.sizes[0]:
+            raise ValueError(
+                f"--x {text!r} (example {n + 1}) has {len(row)} numbers but the "
+                f"network has {net.sizes[0]} inputs"
+            )
+        rows.append(row)
+    targets = [
+        targets_row(
+            parse_numbers(text, name="--y"), net.sizes[-1], name=f"--y {text!r}"
+        )
+        for text in y
+    ]
+    kinds = {isinstance(t, int) for t in targets}
+    if len(kinds) > 1:
+        raise ValueError("give every --y as targets or every --y as a class label")
+    yb = np.asarray(targets, np.int32 if kinds == {True} else np.float64)
+    if params is None:
+        with jax.enable_x64(True):
+            params = net.init(jax.random.key(seed), dtype=jnp.float64)
+            params = [{k: np.asarray(v) for k, v in p.items()} for p in params]
+    return net, params, np.asarray(rows, np.float64), yb

@@ -1,0 +1,774 @@
+"""A :class:`~jaxbp.explainer.Trace` as one self-contained web page.
+
+The page needs no network: its style sheet, its script and the network diagram (inline
+SVG) are all in the one file. The diagram labels every unit and weight with its value;
+hovering or clicking a weight highlights every path from it to the loss and its row in
+the chain-rule table. Below come the forward pass, the loss, the backward pass, the
+chain rule weight by weight, the manual gradient beside ``jax.grad``'s and the step,
+each number next to the equation it comes from. A print style sheet drops the
+interactive hints and keeps table rows whole.
+"""
+
+import html
+import re
+
+from jaxbp.explainer.text import fmt, fmt_factor, fmt_values, loss_numbers, paren
+from jaxbp.explainer.trace import Trace
+
+_NAME = re.compile(r"\b([A-Za-z])(\d+)\b")
+_SUB = re.compile(r"_\{?([A-Za-z0-9+\-]+)\}?")
+_PARTIAL = re.compile(r"\bd([A-Za-z]\d*)/d([A-Za-z]\d*)")
+
+
+def math(text: str) -> str:
+    """Escapes ``text`` and typesets its names: ``dE/dW5`` -> ``∂E/∂W<sub>5</sub>``.
+
+    Examples:
+      >>> math("dE/dz3·W5 + delta_2")
+      '∂E/∂z<sub>3</sub>·W<sub>5</sub> + δ<sub>2</sub>'
+    """
+    out = html.escape(text, quote=False)
+    out = _PARTIAL.sub(r"∂\1/∂\2", out)
+    out = out.replace("delta", "δ").replace("^T", "ᵀ").replace("^2", "²")
+    out = out.replace(" ⊙ ", " ⊙ ").replace("sum_k", "Σ_k")
+    out = _SUB.sub(r"<sub>\1</sub>", out)
+    return _NAME.sub(r"\1<sub>\2</sub>", out)
+
+
+def _svg_name(name: str, rest: str = "") -> str:
+    """SVG text for ``W5`` + ``rest``: ``<sub>`` is not SVG, so a shifted tspan."""
+    match = re.fullmatch(r"([A-Za-z]+)(\d+)", name)
+    if not match:
+        return html.escape(name + rest)
+    letters, digits = match.groups()
+    out = f'{letters}<tspan dy="3" font-size="75%">{digits}</tspan>'
+    if rest:
+        out += f'<tspan dy="-3">{html.escape(rest)}</tspan>'
+    return out
+
+
+def _num(text: str) -> str:
+    return f'<span class="num">{html.escape(text)}</span>'
+
+
+#: Layers with more connections than this label a weight only while it is
+#: highlighted (every weight is still in the tables).
+_LABELLED_EDGES = 9
+
+_CSS = """
+:root { --ink: #1b1f24; --muted: #59636e; --line: #d0d7de; --accent: #0b62c4;
+  --hot: #d1242f; --bg-soft: #f6f8fa; --good: #1a7f37; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--ink); background: #fff;
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue",
+  Arial, sans-serif; }
+main, header { max-width: 1080px; margin: 0 auto; padding: 0 24px; }
+header { padding-top: 20px; padding-bottom: 8px; border-bottom: 1px solid var(--line); }
+h1 { font-size: 1.5em; margin: 0 0 4px; }
+h2 { font-size: 1.15em; margin: 28px 0 8px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
+h3 { font-size: 1em; margin: 18px 0 6px; }
+p { margin: 6px 0; }
+.sub { color: var(--muted); }
+.num, td.n { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas,
+  "Liberation Mono", monospace; font-size: 0.92em; }
+sub { font-size: 0.72em; }
+.verdict { display: inline-block; margin: 6px 0; padding: 4px 10px; border-radius: 6px;
+  background: #dafbe1; color: var(--good); font-weight: 600; }
+.verdict.bad { background: #ffebe9; color: var(--hot); }
+table { border-collapse: collapse; margin: 6px 0 10px; width: 100%; }
+th, td { text-align: left; padding: 3px 10px 3px 0; border-bottom: 1px solid #eaeef2;
+  vertical-align: baseline; }
+th { color: var(--muted); font-weight: 600; font-size: 0.9em; }
+td.n, th.n { text-align: right; white-space: nowrap; }
+td.nums { text-align: right; }
+.scroll { overflow-x: auto; }
+td.eq { white-space: nowrap; }
+tr.hl td { background: #fff8c5; }
+tr[data-param] { cursor: pointer; }
+.matrix { background: var(--bg-soft); border-radius: 6px; padding: 8px 12px;
+  display: inline-block; margin: 4px 0 8px; }
+.matrix div { white-space: pre; }
+figure { margin: 8px 0; }
+figcaption, .hint { color: var(--muted); font-size: 0.9em; }
+svg { width: 100%; height: auto; max-height: 620px; display: block; }
+svg text { font-family: system-ui, sans-serif; font-size: 12px; fill: var(--ink); }
+svg .unit circle { fill: #fff; stroke: var(--ink); stroke-width: 1.5; }
+svg .unit.input circle { fill: var(--bg-soft); }
+svg .unit.loss circle { fill: #fff8c5; }
+svg .unit .name { font-weight: 700; font-size: 14px; }
+svg .unit .val { font-family: ui-monospace, Menlo, monospace; font-size: 11px; }
+svg .unit .delta { fill: var(--hot); font-size: 11px; }
+svg .edge line { stroke: #8c959f; stroke-width: 1.4; }
+svg .edge.tail line { stroke-dasharray: 4 3; }
+svg .edge text { font-size: 11px; paint-order: stroke; stroke: #fff; stroke-width: 4px;
+  stroke-linejoin: round; }
+svg .edge { cursor: pointer; }
+svg .edge.dense text { display: none; }
+svg.focus .edge.dense.on text { display: inline; }
+svg .edge .hit { stroke: transparent; stroke-width: 12; }
+svg.focus .edge { opacity: 0.18; }
+svg.focus .edge.on { opacity: 1; }
+svg.focus .edge.on line { stroke: var(--accent); stroke-width: 2.6; }
+svg.focus .edge.sel line { stroke: var(--hot); stroke-width: 3.2; }
+svg.focus .edge.on text { font-weight: 700; }
+footer { max-width: 1080px; margin: 24px auto; padding: 0 24px; color: var(--muted);
+  font-size: 0.85em; }
+@media print {
+  body { font-size: 10pt; }
+  main, header, footer { max-width: none; padding: 0; }
+  .hint, noscript { display: none; }
+  h2 { break-after: avoid; }
+  tr, .matrix, figure { break-inside: avoid; }
+  tr.hl td { background: none; }
+  svg.focus .edge { opacity: 1; }
+  svg { max-height: 9cm; }
+}
+@page { margin: 1.6cm; }
+"""
+
+_JS = r"""
+(function () {
+  var svg = document.getElementById("net");
+  var pinned = null;
+  var edges = Array.prototype.slice.call(svg.querySelectorAll(".edge"));
+  function downstream(unit, seen) {
+    edges.forEach(function (e) {
+      if (e.dataset.from === unit && !seen.has(e)) {
+        seen.add(e);
+        downstream(e.dataset.to, seen);
+      }
+    });
+    return seen;
+  }
+  function show(name) {
+    var rows = document.querySelectorAll("tr[data-param]");
+    rows.forEach(function (r) { r.classList.toggle("hl", r.dataset.param === name); });
+    edges.forEach(function (e) { e.classList.remove("on", "sel"); });
+    if (!name) { svg.classList.remove("focus"); return; }
+    var edge = svg.querySelector('.edge[data-param="' + name + '"]');
+    var key = "unitOf" + name.charAt(0).toUpperCase() + name.slice(1);
+    var start = edge ? edge.dataset.to : svg.dataset[key];
+    if (!start) { svg.classList.remove("focus"); return; }
+    svg.classList.add("focus");
+    if (edge) { edge.classList.add("on", "sel"); }
+    downstream(start, new Set()).forEach(function (e) { e.classList.add("on"); });
+  }
+  edges.forEach(function (e) {
+    if (!e.dataset.param) { return; }
+    e.addEventListener("mouseenter", function () {
+      if (!pinned) { show(e.dataset.param); }
+    });
+    e.addEventListener("mouseleave", function () { if (!pinned) show(null); });
+    e.addEventListener("click", function () {
+      pinned = pinned === e.dataset.param ? null : e.dataset.param;
+      show(pinned);
+    });
+  });
+  document.querySelectorAll("tr[data-param]").forEach(function (r) {
+    r.addEventListener("click", function () {
+      pinned = pinned === r.dataset.param ? null : r.dataset.param;
+      show(pinned);
+    });
+  });
+  // A link such as page.html#select=W5 opens with W5 and its paths highlighted.
+  var match = /^#select=(\w+)$/.exec(location.hash);
+  if (match) { pinned = match[1]; show(pinned); }
+  document.documentElement.dataset.ready = "1";
+})();
+"""
+
+_ERROR_HOOK = (
+    "window.addEventListener('error', function (e) {"
+    " document.documentElement.dataset.jsError = String(e.message); });"
+)
+
+
+def render_html(
+    trace: Trace,
+    *,
+    digits: int = 8,
+    title=None,
+    description=None,
+    source=None,
+    checks=None,
+) -> str:
+    """The trace as one self-contained HTML page.
+
+    Args:
+      trace: the :class:`~jaxbp.explainer.Trace`.
+      digits: decimals of the numbers in the tables (the diagram shows up to 4).
+      title: the page heading (an example's title), or ``None``.
+      description: a paragraph under the heading, or ``None``.
+      source: where the example's numbers come from (a URL becomes a link), or
+        ``None``.
+      checks: published-value checks to list, or ``None``.
+
+    Returns:
+      The page (UTF-8 text). Once its script has run, ``<html>`` carries
+      ``data-ready="1"``; a script error sets ``data-js-error``.
+    """
+    d = digits
+    heading = title or "One step of backpropagation"
+    batch = trace.batch_size
+    ok = trace.max_abs_manual_vs_autodiff <= 1e-9 * max(
+        1.0, _scale(trace)
+    ) and trace.max_abs_chain_vs_manual <= 1e-9 * max(1.0, _scale(trace))
+    verdict = (
+        f"manual (delta rule) vs jax.grad: largest difference "
+        f"{trace.max_abs_manual_vs_autodiff:.1e}"
+    )
+    parts = [
+        "<!doctype html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(heading)} · jaxbp explain</title>",
+        f"<script>{_ERROR_HOOK}</script>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<header>",
+        f"<h1>{html.escape(heading)}</h1>",
+        f'<p class="sub">{html.escape(trace.network)} · one step of gradient descent, '
+        f"learning rate {_num(fmt(trace.lr, d))} · {batch} example"
+        f"{'s' if batch > 1 else ''}"
+        + (f" (E is the mean over the {batch})" if batch > 1 else "")
+        + "</p>",
+    ]
+    if description:
+        parts.append(f"<p>{math(description)}</p>")
+    if source:
+        where = html.escape(source)
+        if source.startswith(("https://", "http://")):
+            where = f'<a href="{where}">{where}</a>'
+        parts.append(f'<p class="sub">Source: {where}</p>')
+    parts.append(
+        f'<p><span class="verdict{"" if ok else " bad"}">{verdict}</span> '
+        f'<span class="sub">E = {_num(fmt(trace.loss.value, d))} → '
+        f"{_num(fmt(trace.loss_after, d))} after the step</span></p>"
+    )
+    parts.append("</header>")
+    parts.append("<main>")
+    parts += _network_section(trace, d)
+    parts += _forward_section(trace, d)
+    parts += _loss_section(trace, d)
+    parts += _backward_section(trace, d)
+    parts += _chain_section(trace, d)
+    parts += _grads_section(trace, d)
+    parts += _step_section(trace, d)
+    if checks:
+        parts += _checks_section(checks)
+    parts.append("</main>")
+    parts.append(
+        "<footer>Written by <code>jaxbp explain</code>. Every value comes from "
+        "jaxbp's forward pass and hand-derived delta rule (float64); the jax.grad "
+        "column is automatic differentiation of the same loss.</footer>"
+    )
+    parts.append(f"<script>{_JS}</script>")
+    parts.append("</body>")
+    parts.append("</html>")
+    return "\n".join(parts) + "\n"
+
+
+def _scale(trace: Trace) -> float:
+    return max(abs(p.manual) for p in trace.params)
+
+
+# ----------------------------------------------------------------------- diagram
+def _network_section(trace: Trace, d: int) -> list[str]:
+    dd = min(d, 4)
+    sizes = trace.sizes
+    cols = len(sizes) + 1  # plus the loss node
+    tallest = max(sizes)
+    gap_y = 112 if tallest <= 3 else 100
+    width, pad_x, top = 960, 60, 46
+    height = top + gap_y * (tallest - 1) + 76
+    xs = [pad_x + i * (width - 2 * pad_x) / (cols - 1) for i in range(cols)]
+
+    def ys(n):
+        mid = top + gap_y * tallest / 2 - gap_y / 2
+        return [mid + (k - (n - 1) / 2) * gap_y for k in range(n)]
+
+    pos = {}
+    names = [list(trace.inputs)] + [
+        [u.name for u in layer.units] for layer in trace.layers
+    ]
+    for c, layer_names in enumerate(names):
+        for name, y in zip(layer_names, ys(len(layer_names)), strict=True):
+            pos[name] = (xs[c], y)
+    pos["E"] = (xs[-1], ys(1)[0])
+    out = [
+        '<section id="network">',
+        "<h2>The network</h2>",
+        "<figure>",
+        f'<svg id="net" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{html.escape(trace.network)}"'
+        + "".join(
+            f' data-unit-of-{p.name.lower()}="{p.target}"'
+            for p in trace.params
+            if p.kind == "b"
+        )
+        + ">",
+    ]
+    edges, units = [], []
+    r = 24
+    for p in trace.params:
+        if p.kind != "w":
+            continue
+        (x0, y0), (x1, y1) = pos[p.source], pos[p.target]
+        fan_in, fan_out = sizes[p.layer - 1], sizes[p.layer]
+        # Labels spread along the lines by the unit fed, so that they rarely meet.
+        t = 0.22 + (0.5 * p.col / (fan_out - 1) if fan_out > 1 else 0.1)
+        dense = fan_in * fan_out > _LABELLED_EDGES
+        lx, ly = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+        edges.append(
+            f'<g class="edge{" dense" if dense else ""}" data-param="{p.name}" '
+            f'data-from="{p.source}" '
+            f'data-to="{p.target}"><title>{p.name}: {p.source} → {p.target} = '
+            f"{fmt(p.value, d)}</title>"
+            f'<line x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{x1 - r:.1f}" y2="{y1:.1f}"/>'
+            f'<line class="hit" x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{x1 - r:.1f}" '
+            f'y2="{y1:.1f}"/>'
+            f'<text x="{lx:.1f}" y="{ly - 4:.1f}" text-anchor="middle">'
+            f"{_svg_name(p.name, ' = ' + fmt(p.value, dd))}</text></g>"
+        )
+    ex, ey = pos["E"]
+    for u in trace.layers[-1].units:
+        x0, y0 = pos[u.name]
+        edges.append(
+            f'<g class="edge tail" data-from="{u.name}" data-to="E">'
+            f'<line x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{ex - r:.1f}" y2="{ey:.1f}"/>'
+            "</g>"
+        )
+    for i, name in enumerate(trace.inputs):
+        x, y = pos[name]
+        units.append(
+            _unit_svg(name, x, y, r, fmt(trace.x[0][i], dd), None, None, "input")
+        )
+    for layer in trace.layers:
+        for u in layer.units:
+            x, y = pos[u.name]
+            bias = (u.bias, f" = {fmt(layer.b[u.index], dd)}")
+            delta = f"δ = {fmt(u.delta[0], dd)}"
+            units.append(_unit_svg(u.name, x, y, r, fmt(u.a[0], dd), bias, delta, ""))
+    units.append(
+        _unit_svg("E", ex, ey, r, fmt(trace.loss.value, dd), None, None, "loss")
+    )
+    for k, name in enumerate(trace.targets):
+        x, y = pos[trace.layers[-1].units[k].name]
+        # Above the unit when the dashed line to E runs down from it, else below.
+        ty = y - 8 if y <= ey else y + 18
+        units.append(
+            f'<text x="{x + r + 6:.1f}" y="{ty:.1f}" class="sub">'
+            f"{_svg_name(name, ' = ' + fmt(trace.y[0][k], dd))}</text>"
+        )
+    out += edges + units
+    out.append("</svg>")
+    caption = (
+        "Each unit shows its activation, its bias and (red) its error signal "
+        "δ = ∂E/∂z; each line its weight"
+    )
+    if any(m * n > _LABELLED_EDGES for m, n in zip(sizes, sizes[1:], strict=False)):
+        caption += (
+            " (in layers with more than "
+            f"{_LABELLED_EDGES} connections, while it is highlighted)"
+        )
+    if trace.batch_size > 1:
+        caption += ", for the first example of the batch"
+    out.append(f"<figcaption>{caption}.</figcaption>")
+    out.append("</figure>")
+    out.append(
+        '<p class="hint">Hover over a weight (or click it, or a row of the chain-rule '
+        "table, to pin it) to highlight every path from it to the loss E.</p>"
+    )
+    out.append("</section>")
+    return out
+
+
+def _unit_svg(name, x, y, r, value, bias, delta, kind) -> str:
+    parts = [
+        f'<g class="unit {kind}" data-unit="{name}">',
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}"/>',
+        f'<text class="name" x="{x:.1f}" y="{y + 5:.1f}" text-anchor="middle">'
+        f"{_svg_name(name)}</text>",
+        f'<text class="val" x="{x:.1f}" y="{y + r + 13:.1f}" text-anchor="middle">'
+        f"{html.escape(value)}</text>",
+    ]
+    if bias:
+        parts.append(
+            f'<text class="val" x="{x:.1f}" y="{y - r - 6:.1f}" text-anchor="middle">'
+            f"{_svg_name(*bias)}</text>"
+        )
+    if delta:
+        parts.append(
+            f'<text class="delta" x="{x:.1f}" y="{y + r + 26:.1f}" '
+            f'text-anchor="middle">{html.escape(delta)}</text>'
+        )
+    parts.append("</g>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------- sections
+def _row(*cells, param=None, classes=None) -> str:
+    attr = f' data-param="{param}"' if param else ""
+    classes = classes or [""] * len(cells)
+    tds = "".join(
+        f'<td class="{c}">{cell}</td>' if c else f"<td>{cell}</td>"
+        for cell, c in zip(cells, classes, strict=True)
+    )
+    return f"<tr{attr}>{tds}</tr>"
+
+
+def _forward_section(trace: Trace, d: int) -> list[str]:
+    out = [
+        '<section id="forward">',
+        "<h2>1. Forward pass</h2>",
+        "<p>Each unit adds up its weighted inputs and its bias, "
+        f"{math('z = sum of W · a + b')}, and applies its activation, "
+        f"{math('a = f(z)')}.</p>",
+        '<table><tr><th>equation</th><th class="n">with the numbers</th>'
+        '<th class="n">value</th></tr>',
+    ]
+    for layer in trace.layers:
+        if layer.index == 1:
+            sources = [[row[i] for row in trace.x] for i in range(len(trace.inputs))]
+        else:
+            below = trace.layers[layer.index - 2]
+            sources = [[row[i] for row in below.a] for i in range(len(below.units))]
+        for u in layer.units:
+            numbers = " + ".join(
+                f"{fmt_factor([layer.w[i][u.index]], d)}·{fmt_factor(src, d)}"
+                for i, src in enumerate(sources)
+            )
+            numbers += f" + {fmt_factor([layer.b[u.index]], d)}"
+            cls = ["eq", "nums", "n"]
+            out.append(
+                _row(math(u.equation), _num(numbers), fmt_values(u.z, d), classes=cls)
+            )
+            out.append(
+                _row(
+                    math(f"{u.name} = {u.activation}({u.z_name})"),
+                    _num(f"{u.activation}({fmt_values(u.z, d)})"),
+                    fmt_values(u.a, d),
+                    classes=cls,
+                )
+            )
+    out += ["</table>", "</section>"]
+    return out
+
+
+def _loss_section(trace: Trace, d: int) -> list[str]:
+    loss = trace.loss
+    out = [
+        '<section id="loss">',
+        f"<h2>2. Loss ({html.escape(loss.name)})</h2>",
+        f"<p>{math(loss.formula)}"
+        + (
+            f"; E is the mean of l over the {trace.batch_size} examples"
+            if trace.batch_size > 1
+            else ""
+        )
+        + ".</p>",
+        '<table><tr><th>term</th><th class="n">with the numbers</th>'
+        '<th class="n">value</th>'
+        "</tr>",
+    ]
+    cls = ["eq", "nums", "n"]
+    if loss.probs is not None:
+        for k in range(len(trace.targets)):
+            values = [row[k] for row in loss.probs]
+            out.append(
+                _row(
+                    math(f"p{k + 1} = softmax(o)_{k + 1}"),
+                    "",
+                    fmt_values(values, d),
+                    classes=cls,
+                )
+            )
+    for k, formula in enumerate(loss.term_formula):
+        out.append(
+            _row(
+                math(f"E{k + 1} = {formula}"),
+                _num(loss_numbers(trace, k, d)),
+                fmt_values([row[k] for row in loss.terms], d),
+                classes=cls,
+            )
+        )
+    total = " + ".join(f"E{k + 1}" for k in range(len(trace.targets)))
+    if trace.batch_size > 1:
+        out.append(
+            _row(math(f"l = {total}"), "", fmt_values(loss.per_example, d), classes=cls)
+        )
+        out.append(
+            _row("E = mean of l", "", f"<b>{fmt(loss.value, d)}</b>", classes=cls)
+        )
+    else:
+        out.append(
+            _row(math(f"E = {total}"), "", f"<b>{fmt(loss.value, d)}</b>", classes=cls)
+        )
+    out += ["</table>", "</section>"]
+    return out
+
+
+def _backward_section(trace: Trace, d: int) -> list[str]:
+    out = [
+        '<section id="backward">',
+        "<h2>3. Backward pass: the error signal δ = ∂E/∂z of every unit</h2>",
+    ]
+    fused = trace.loss.probs is not None
+    out.append(
+        "<h3>Output layer</h3><p>"
+        + (
+            "Softmax and cross-entropy together give "
+            + math("dE/dz = p - t")
+            + " in one step."
+            if fused
+            else math("dE/dz = dE/do · do/dz") + ": the loss's slope times the "
+            "activation's."
+        )
+        + "</p>"
+    )
+    out.append(
+        "<table><tr><th>error signal</th><th>formula</th>"
+        '<th class="n">with the numbers</th>'
+        '<th class="n">value</th></tr>'
+    )
+    cls = ["eq", "eq", "nums", "n"]
+    for u in trace.layers[-1].units:
+        p = next(p for p in trace.params if p.kind == "b" and p.target == u.name)
+        if fused:
+            f = p.factors[0]
+            out.append(
+                _row(
+                    math(f"dE/d{u.z_name}"),
+                    math(f.formula),
+                    _num(fmt_values(f.values, d)),
+                    fmt_values(u.delta, d),
+                    classes=cls,
+                )
+            )
+        else:
+            f_out, f_act = p.factors[0], p.factors[1]
+            out.append(
+                _row(
+                    math(f"dE/d{u.z_name} = {f_out.symbol} · {f_act.symbol}"),
+                    math(f"{paren(f_out.formula)} · {paren(f_act.formula)}"),
+                    _num(
+                        f"{fmt_factor(f_out.values, d)} · {fmt_factor(f_act.values, d)}"
+                    ),
+                    fmt_values(u.delta, d),
+                    classes=cls,
+                )
+            )
+    out.append("</table>")
+    for layer in reversed(trace.layers[:-1]):
+        nxt = trace.layers[layer.index]
+        lo, hi = layer.index, nxt.index
+        out.append(f"<h3>Hidden layer {lo}: sum over paths</h3>")
+        out.append(
+            "<p>A hidden unit reaches the loss through every unit it feeds, so its "
+            "slope is a sum with one term per path (Rumelhart, Hinton &amp; Williams "
+            "1986, eq. 7); then the activation's slope turns it into δ.</p>"
+        )
+        out.append(
+            "<table><tr><th>quantity</th><th>sum over paths / chain rule</th>"
+            '<th class="n">with the numbers</th><th class="n">value</th></tr>'
+        )
+        for u in layer.units:
+            symbolic = " + ".join(f"dE/d{p.via}·{p.weight}" for p in u.paths)
+            numbers = " + ".join(
+                f"{fmt_factor(p.delta, d)}·{fmt_factor([p.weight_value], d)}"
+                for p in u.paths
+            )
+            out.append(
+                _row(
+                    math(f"dE/d{u.name}"),
+                    math(symbolic),
+                    _num(numbers),
+                    fmt_values(u.dE_da, d),
+                    classes=cls,
+                )
+            )
+            out.append(
+                _row(
+                    math(f"dE/d{u.z_name}"),
+                    math(f"dE/d{u.name} · {paren(u.derivative)}"),
+                    _num(f"{fmt_factor(u.dE_da, d)} · {fmt_factor(u.fprime, d)}"),
+                    fmt_values(u.delta, d),
+                    classes=cls,
+                )
+            )
+        out.append("</table>")
+        routes = [u for u in layer.units if u.routes > len(u.paths)]
+        if routes:
+            out.append(
+                "<p>Unrolled through every later layer, "
+                + "; ".join(
+                    f"{math(f'dE/d{u.name}')} is the sum over {u.routes} routes to the "
+                    f"outputs = {_num(fmt_values(u.routes_sum, d))}"
+                    for u in routes
+                )
+                + ".</p>"
+            )
+        out.append(
+            f"<p>The same in matrix form, the delta rule: "
+            f"{math(f'delta_{lo} = (delta_{hi} W_{hi}^T) ⊙ f′(z_{lo})')}</p>"
+        )
+        for n in range(trace.batch_size):
+            label = f"example {n + 1}<br>" if trace.batch_size > 1 else ""
+            rows = [
+                (f"delta_{hi}", _vec(nxt.delta[n], d)),
+                (f"W_{hi}", _mat(nxt.w, d)),
+                (f"delta_{hi} W_{hi}^T", _vec(layer.back[n], d)),
+                (f"f′(z_{lo})", _vec(layer.fprime[n], d)),
+                (f"delta_{lo}", _vec(layer.delta[n], d)),
+            ]
+            body = "".join(
+                f"<div>{math(name)} = {_num(value)}</div>" for name, value in rows
+            )
+            out.append(f'<div class="matrix">{label}{body}</div>')
+    if len(trace.layers) > 1:
+        out.append(
+            "<p>Sum over paths, matrix form and sum over routes agree: largest "
+            f"difference {_num(f'{trace.max_abs_paths_vs_matrix:.1e}')}.</p>"
+        )
+    out.append("</section>")
+    return out
+
+
+def _vec(row, d: int) -> str:
+    return "[" + ", ".join(fmt(v, d) for v in row) + "]"
+
+
+def _mat(rows, d: int) -> str:
+    return "[" + "; ".join(", ".join(fmt(v, d) for v in r) for r in rows) + "]"
+
+
+def _chain_section(trace: Trace, d: int) -> list[str]:
+    batch = trace.batch_size
+    out = [
+        '<section id="chain">',
+        "<h2>4. Chain rule, weight by weight</h2>",
+        "<p>"
+        + math("dE/dW = dE/da · da/dz · dz/dW")
+        + ", where the last factor is the input the weight multiplies (1 for a bias)"
+        + (f"; the products of the {batch} examples are summed" if batch > 1 else "")
+        + '. <span class="hint">Click a row to see the weight in the diagram.</span>'
+        "</p>",
+        "<table><tr><th>gradient</th><th>chain rule</th>"
+        '<th class="n">with the numbers</th>'
+        '<th class="n">product</th></tr>',
+    ]
+    cls = ["eq", "eq", "nums", "n"]
+    for layer in reversed(trace.layers):
+        for p in trace.params:
+            if p.layer != layer.index:
+                continue
+            symbols = " · ".join(f.symbol for f in p.factors)
+            numbers = " · ".join(fmt_factor(f.values, d) for f in p.factors)
+            value = fmt(sum(p.chain), d)
+            if batch > 1:
+                numbers = f"sum {numbers} = sum {fmt_values(p.chain, d)}"
+            out.append(
+                _row(
+                    math(f"dE/d{p.name}"),
+                    math(symbols),
+                    _num(numbers),
+                    value,
+                    param=p.name,
+                    classes=cls,
+                )
+            )
+    out += ["</table>", "</section>"]
+    return out
+
+
+def _grads_section(trace: Trace, d: int) -> list[str]:
+    out = [
+        '<section id="grads">',
+        "<h2>5. Manual gradient and jax.grad, side by side</h2>",
+        "<p>The chain rule above, the library's delta rule "
+        "(<code>net.manual_grad</code>) and automatic differentiation "
+        "(<code>jax.grad(net.loss)</code>).</p>",
+        '<table><tr><th>parameter</th><th class="n">chain rule</th>'
+        '<th class="n">manual (delta rule)</th><th class="n">jax.grad</th>'
+        '<th class="n">|manual − jax.grad|</th></tr>',
+    ]
+    cls = ["", "n", "n", "n", "n"]
+    for p in trace.params:
+        out.append(
+            _row(
+                math(p.name),
+                fmt(sum(p.chain), d),
+                fmt(p.manual, d),
+                fmt(p.autodiff, d),
+                f"{abs(p.manual - p.autodiff):.1e}",
+                param=p.name,
+                classes=cls,
+            )
+        )
+    out.append("</table>")
+    out.append(
+        f"<p>Largest |manual − jax.grad| = "
+        f"{_num(f'{trace.max_abs_manual_vs_autodiff:.1e}')}; largest "
+        f"|chain rule − manual| = {_num(f'{trace.max_abs_chain_vs_manual:.1e}')}.</p>"
+    )
+    out.append("</section>")
+    return out
+
+
+def _step_section(trace: Trace, d: int) -> list[str]:
+    lr = fmt(trace.lr, d)
+    out = [
+        '<section id="step">',
+        f"<h2>6. One step of gradient descent, learning rate {lr}</h2>",
+        f"<p>{math(f'W ← W - {lr} · dE/dW')} for every weight and bias.</p>",
+        '<table><tr><th>parameter</th><th class="n">with the numbers</th>'
+        '<th class="n">before</th><th class="n">after</th></tr>',
+    ]
+    cls = ["", "nums", "n", "n"]
+    for p in trace.params:
+        numbers = f"{fmt(p.value, d)} - {lr} · {fmt_factor([p.manual], d)}"
+        out.append(
+            _row(
+                math(p.name),
+                _num(numbers),
+                fmt(p.value, d),
+                f"<b>{fmt(p.updated, d)}</b>",
+                param=p.name,
+                classes=cls,
+            )
+        )
+    out.append("</table>")
+    out.append(
+        f"<p>The loss after the step: E = {_num(fmt(trace.loss_after, d))} "
+        f"(before: {_num(fmt(trace.loss.value, d))}).</p>"
+    )
+    out.append("</section>")
+    return out
+
+
+def _checks_section(checks) -> list[str]:
+    passed = sum(c.ok for c in checks)
+    out = [
+        '<section id="checks">',
+        "<h2>Checks against the published values</h2>",
+        f"<p>{passed} of {len(checks)} published numbers reproduced.</p>",
+        '<table><tr><th>value</th><th class="n">published</th>'
+        '<th class="n">this trace</th><th class="n">|difference|</th><th></th></tr>',
+    ]
+    for c in checks:
+        out.append(
+            _row(
+                math(c.name),
+                fmt(c.expected, 12),
+                fmt(c.got, 12),
+                f"{abs(c.got - c.expected):.1e}",
+                "ok" if c.ok else "<b>FAIL</b>",
+                classes=["", "n", "n", "n", ""],
+            )
+        )
+    out += ["</table>", "</section>"]
+    return out
