@@ -16,19 +16,42 @@ import time
 import jax
 import numpy as np
 
-#: Where results go by default: ``experiments/results`` beside this file.
+#: Where full runs write their results: ``experiments/results`` beside this file. The
+#: README quotes the files here, so only full runs may write here.
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+#: Where ``--quick`` smoke runs write unless ``--out`` says otherwise (gitignored), so
+#: that a smoke run never overwrites the published results.
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
+
+
+class _ExperimentParser(argparse.ArgumentParser):
+    """Fills in ``--out`` after parsing: its default depends on ``--quick``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if getattr(parsed, "out", None) is None:
+            parsed.out = QUICK_RESULTS_DIR if parsed.quick else RESULTS_DIR
+        return parsed, extras
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every experiment has: ``--quick``, ``--out``.
 
+    Without ``--out``, a full run writes to ``experiments/results/`` and a ``--quick``
+    run to ``experiments/results/quick/``, so smoke runs never overwrite the
+    published results.
+
     Args:
       doc: the script's module docstring; its first line is the description and the
         rest is shown after the options.
+
+    Returns:
+      The parser; ``parse_args`` gives a namespace with ``quick`` (bool) and ``out``
+      (a ``pathlib.Path``, always set).
     """
     first, _, rest = doc.strip().partition("\n")
-    parser = argparse.ArgumentParser(
+    parser = _ExperimentParser(
         description=first,
         epilog=rest.strip() or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,8 +64,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=pathlib.Path,
-        default=RESULTS_DIR,
-        help="folder for the JSON/CSV/PNG results (default experiments/results)",
+        default=None,
+        help="folder for the JSON/CSV/PNG results (default experiments/results, or "
+        "experiments/results/quick with --quick)",
     )
     return parser
 
