@@ -567,7 +567,11 @@ def _missing_message(
     lines.append(
         f"or set {DATA_DIR_ENV} to a folder whose {spec.folder}/ subfolder holds "
         "them, or pass data_dir= the folder holding the files themselves"
-        + (f", or unset {OFFLINE_ENV} to download them." if offline_source else ".")
+        + (
+            f", or unset {OFFLINE_ENV} to download them."
+            if offline_source and offline_source.startswith(OFFLINE_ENV)
+            else "."
+        )
     )
     return "\n".join(lines)
 
