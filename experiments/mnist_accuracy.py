@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     epochs = 1 if args.quick else None
+    environment = _common.environment()
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="mnist_accuracy-") as tmp:
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         "command": _common.command_line(__file__, argv),
         "quick": args.quick,
         "data_dir": os.environ.get("JAXBP_DATA_DIR"),
-        "environment": _common.environment(),
+        "environment": environment,
         "summary": summary,
         "runs": runs,
     }
