@@ -32,6 +32,12 @@ DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy")
 TIMEOUT_S = 600
 
 
+def _have_data() -> bool:
+    """Whether ``JAXBP_DATA_DIR`` names a folder, as the ``shared_data_dir`` fixture."""
+    value = os.environ.get("JAXBP_DATA_DIR")
+    return bool(value) and pathlib.Path(value).is_dir()
+
+
 def _published_results() -> dict[str, str]:
     """SHA-256 of every file under experiments/results except quick/, by path."""
     return {
@@ -50,7 +56,7 @@ def quick_runs() -> dict:
       the published results before and after the runs.
     """
     before = _published_results()
-    scripts = SCRIPTS + (DATA_SCRIPTS if os.environ.get("JAXBP_DATA_DIR") else ())
+    scripts = SCRIPTS + (DATA_SCRIPTS if _have_data() else ())
     procs = {}
     env = os.environ.copy()
     env.setdefault("JAX_PLATFORMS", "cpu")
@@ -95,7 +101,7 @@ def test_quick_runs_leave_the_published_results_untouched(quick_runs):
 @pytest.mark.parametrize("name", SCRIPTS + DATA_SCRIPTS)
 def test_quick_writes_to_the_quick_folder(quick_runs, name):
     if name not in quick_runs:
-        pytest.skip("JAXBP_DATA_DIR is not set: no real MNIST/Fashion-MNIST files")
+        pytest.skip("JAXBP_DATA_DIR names no folder: no real MNIST/Fashion-MNIST files")
     output, _ = _ok(quick_runs, name)
     assert str(QUICK_RESULTS) in output, output[-2000:]
 
@@ -173,7 +179,7 @@ def test_training_curves(quick_runs):
     record = json.loads((out / "training_curves.json").read_text())
     assert record["config"]["sizes"] == [784, 100, 10]
     res = record["datasets"]["fashion_mnist"]
-    expected = "real" if os.environ.get("JAXBP_DATA_DIR") else None
+    expected = "real" if _have_data() else None
     if expected:
         assert res["data"]["source"] == "real"
     runs = res["runs"]
