@@ -92,6 +92,32 @@ def _png(path: pathlib.Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
+@pytest.fixture
+def common(monkeypatch):
+    """``experiments/_common.py``, imported as the scripts import it."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import _common
+
+    return _common
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], RESULTS),
+        (["--quick"], QUICK_RESULTS),
+        (["--out", "elsewhere"], pathlib.Path("elsewhere")),
+        (["--quick", "--out", "elsewhere"], pathlib.Path("elsewhere")),
+    ],
+)
+def test_make_parser_out_defaults(common, argv, expected):
+    parser = common.make_parser("An experiment.\n\nMore words.")
+    parser.add_argument("--size", type=int, default=3)
+    assert parser.parse_args(argv).out == expected
+    assert parser.parse_known_args([*argv, "--other"])[0].out == expected
+    assert common.RESULTS_DIR == RESULTS and common.QUICK_RESULTS_DIR == QUICK_RESULTS
+
+
 def test_quick_runs_leave_the_published_results_untouched(quick_runs):
     before, after = quick_runs["published"]
     assert before, "experiments/results holds no published results"
