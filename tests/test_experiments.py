@@ -221,7 +221,7 @@ def test_training_curves(quick_runs):
     _png(out / "training_curves.png")
 
 
-# --- the benchmarks and the MNIST proxy: --quick runs end to end
+# --- the speed benchmark: --quick runs end to end
 def _run_quick(name, out, *extra):
     env = os.environ.copy()
     env.setdefault("JAX_PLATFORMS", "cpu")
