@@ -12,7 +12,7 @@ Every other setting is the CLI's default (batch 64, 10 epochs, cosine decay of t
 default learning rate, float32); each network and gradient is trained from seeds 0,
 1 and 2. The exact command of every run is recorded beside its result. The data come
 from ``$JAXBP_DATA_DIR/mnist``, else the cache, else a download (11.6 MB). A full
-run takes about three minutes on a 2-core CPU.
+run took 4.4 minutes on a busy 2-core CPU.
 
 ``--quick`` trains each network for one epoch from seed 0 (a smoke test, about 20 s).
 
