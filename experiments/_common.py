@@ -6,29 +6,55 @@ Not part of the library: the scripts in ``experiments/`` import it as a sibling 
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import pathlib
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 
-#: Where results go by default: ``experiments/results`` beside this file.
+#: Where full runs write their results: ``experiments/results`` beside this file. The
+#: README quotes the files here, so only full runs may write here.
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+#: Where ``--quick`` smoke runs write unless ``--out`` says otherwise (gitignored), so
+#: that a smoke run never overwrites the published results.
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
+
+
+class _ExperimentParser(argparse.ArgumentParser):
+    """Fills in ``--out`` after parsing: its default depends on ``--quick``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if getattr(parsed, "out", None) is None:
+            parsed.out = QUICK_RESULTS_DIR if parsed.quick else RESULTS_DIR
+        return parsed, extras
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every experiment has: ``--quick``, ``--out``.
 
+    Without ``--out``, a full run writes to ``experiments/results/`` and a ``--quick``
+    run to ``experiments/results/quick/``, so smoke runs never overwrite the
+    published results.
+
     Args:
       doc: the script's module docstring; its first line is the description and the
         rest is shown after the options.
+
+    Returns:
+      The parser; ``parse_args`` gives a namespace with ``quick`` (bool) and ``out``
+      (a ``pathlib.Path``, always set).
     """
     first, _, rest = doc.strip().partition("\n")
-    parser = argparse.ArgumentParser(
+    parser = _ExperimentParser(
         description=first,
         epilog=rest.strip() or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,24 +67,62 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=pathlib.Path,
-        default=RESULTS_DIR,
-        help="folder for the JSON/CSV/PNG results (default experiments/results)",
+        default=None,
+        help="folder for the JSON/CSV/PNG results (default experiments/results, or "
+        "experiments/results/quick with --quick)",
     )
     return parser
 
 
-def environment() -> dict:
-    """Versions and machine facts recorded beside every result."""
+def environment(**extra) -> dict:
+    """Versions and machine facts recorded beside every result.
+
+    Args:
+      **extra: more entries to record (the script's own settings).
+
+    Returns:
+      A JSON-ready dict: library versions (``torch_version`` is ``None`` when
+      PyTorch is not installed), the machine, the JAX device and backend, the load
+      average when the run started, the date, and ``extra``.
+    """
+    import optax
+
     device = jax.devices()[0]
-    return {
+    record = {
         "jax_version": jax.__version__,
         "numpy_version": np.__version__,
+        "optax_version": optax.__version__,
+        "torch_version": _version_of("torch"),
         "python": platform.python_version(),
+        "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "device": f"{device.platform} ({device.device_kind})",
+        "backend": jax.default_backend(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    record.update(extra)
+    return record
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command that ran a script: ``python experiments/NAME.py ARGS``.
+
+    Args:
+      script: the script's ``__file__``.
+      argv: the arguments given to its ``main``; ``None`` means ``sys.argv[1:]``.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", f"experiments/{pathlib.Path(script).name}", *args])
+
+
+def _version_of(module: str) -> str | None:
+    """``module.__version__`` if it can be imported, else None."""
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
 
 
 def _jsonable(value):
@@ -132,6 +196,74 @@ def time_interleaved(fns: dict, *, repeats: int, number: int) -> dict[str, dict]
         }
         for name, s in samples.items()
     }
+
+
+def median_seconds(fn, *, repeats: int) -> dict:
+    """Times ``fn()`` ``repeats`` times after one warm-up call.
+
+    For host-side work (file reading, NumPy); for JAX functions, whose calls return
+    before the work is done, use :func:`time_interleaved`.
+
+    Returns:
+      ``{"median_s", "min_s", "max_s", "samples_s"}``.
+    """
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "samples_s": samples,
+    }
+
+
+def _busy_cpu_s() -> float | None:
+    """CPU seconds every process on the machine has used so far (Linux), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores that *other* processes kept busy during a ``with`` block.
+
+    Other people's jobs on a small machine skew a benchmark; this measures them so
+    that the results can say so: ``/proc/stat`` busy time minus this process's CPU
+    time, over the block's wall time. ``cores`` is ``None`` where ``/proc/stat`` is
+    missing (not Linux).
+
+    Examples:
+      >>> with OtherLoad() as load:  # doctest: +SKIP
+      ...     run_benchmark()
+      >>> load.cores  # doctest: +SKIP
+      0.12
+    """
+
+    cores: float | None = None
+
+    def __enter__(self):
+        self._busy = _busy_cpu_s()
+        self._own = time.process_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy = _busy_cpu_s()
+        wall = time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            self.cores = None
+        else:
+            own = time.process_time() - self._own
+            self.cores = max(0.0, (busy - self._busy - own) / wall)
+        return False
 
 
 def human_seconds(seconds: float) -> str:

@@ -600,9 +600,7 @@ def environment(args, source, n) -> dict:
     except ImportError:
         torch_version = None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -47,25 +47,20 @@ Examples:
 """
 
 import argparse
-import datetime
-import json
 import os
 import pathlib
-import platform
-import statistics
 import sys
 import time
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.contrib
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import jaxbp  # noqa: E402
-from jaxbp import per_example  # noqa: E402
+import jaxbp
+from jaxbp import per_example
 
 NETS = {
     "small": ((784, 100, 10), "sigmoid"),
@@ -88,18 +83,7 @@ NOISE_MULTIPLIER = 1.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: 784-100-10 at batch 16, 3 rounds (about 10 s, mostly "
-        "compiling); writes "
-        "per_example_bench_quick.json",
-    )
+    parser = _common.make_parser(__doc__)
     parser.add_argument(
         "--repeats",
         type=int,
@@ -110,13 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--configs",
         default=None,
         help="comma list of net:batch, nets small (784-100-10 sigmoid) and large "
-        "(784-512-512-10 ReLU) (default small:128,large:128,large:256)",
-    )
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=pathlib.Path(__file__).parent / "results",
-        help="results folder (default: experiments/results)",
+        "(784-512-512-10 ReLU) (default small:128,large:128,large:256; small:16 "
+        "with --quick)",
     )
     parser.add_argument(
         "--hugepages",
@@ -237,21 +216,6 @@ def make_torch_method(sizes, activation, batch):
 
 
 # --------------------------------------------------------------------------- measuring
-def _block(result):
-    jax.tree.map(lambda a: a.block_until_ready(), result)
-
-
-def _busy_cpu_s() -> float | None:
-    """CPU seconds all processes on the machine have used so far (Linux), else None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def memory_of(compiled) -> dict | None:
     """The compiled program's memory accounting in bytes, or None where unsupported."""
     try:
@@ -286,29 +250,15 @@ def bench_config(name: str, batch: int, repeats: int) -> dict:
         compiled[method] = fn.lower(params, x, y).compile()
         compile_s[method] = time.perf_counter() - t0
         memory[method] = memory_of(compiled[method])
-        _block(compiled[method](params, x, y))  # warm-up
+    calls = {
+        method: (lambda fn=fn: fn(params, x, y)) for method, fn in compiled.items()
+    }
     torch_fn = make_torch_method(sizes, activation, batch)
     if torch_fn is not None:
-        torch_fn()
-
-    times = {method: [] for method in compiled}
-    if torch_fn is not None:
-        times["torch_func_vmap_grad"] = []
-    busy0, own0, wall0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        for method, fn in compiled.items():
-            t0 = time.perf_counter()
-            _block(fn(params, x, y))
-            times[method].append(time.perf_counter() - t0)
-        if torch_fn is not None:
-            t0 = time.perf_counter()
-            torch_fn()
-            times["torch_func_vmap_grad"].append(time.perf_counter() - t0)
-    wall = time.perf_counter() - wall0
-    busy1 = _busy_cpu_s()
-    other_cores = None
-    if busy0 is not None and busy1 is not None:
-        other_cores = max(0.0, (busy1 - busy0 - (time.process_time() - own0)) / wall)
+        calls["torch_func_vmap_grad"] = torch_fn
+    # One call of each method per round, so that machine noise hits all alike.
+    with _common.OtherLoad() as load:
+        times = _common.time_interleaved(calls, repeats=repeats, number=1)
 
     itemsize = jnp.dtype(jnp.float32).itemsize
     materialised_bytes = batch * net.num_params * itemsize
@@ -324,10 +274,10 @@ def bench_config(name: str, batch: int, repeats: int) -> dict:
         "batch": batch,
         "num_params": net.num_params,
         "repeats": repeats,
-        "median_ms": {m: 1e3 * statistics.median(t) for m, t in times.items()},
-        "min_ms": {m: 1e3 * min(t) for m, t in times.items()},
+        "median_ms": {m: 1e3 * t["median_s"] for m, t in times.items()},
+        "min_ms": {m: 1e3 * t["min_s"] for m, t in times.items()},
         "compile_s": compile_s,
-        "other_processes_cores": other_cores,
+        "other_processes_cores": load.cores,
         "memory": {
             "materialised_per_example_bytes": materialised_bytes,
             "non_materialised_cache_bytes": cache_bytes,
@@ -409,10 +359,7 @@ def print_report(results: list[dict], checks: list[dict]) -> None:
 def plot(results: list[dict], path: pathlib.Path) -> bool:
     """Bar chart of the median times per configuration; False without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = _common.pyplot()
     except ImportError:
         return False
     fig, axes = plt.subplots(
@@ -446,28 +393,6 @@ def _read(path: str) -> str | None:
         return None
 
 
-def environment() -> dict:
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch_version,
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
-        "transparent_hugepage": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
-    }
-
-
 HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
@@ -486,8 +411,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.hugepages:
         _reexec_with_hugepages()
-    env = environment()
-    if env["torch"] is None:
+    env = _common.environment(
+        GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES"),
+        transparent_hugepage=_read("/sys/kernel/mm/transparent_hugepage/enabled"),
+    )
+    if env["torch_version"] is None:
         print("torch is not importable: torch.func.vmap(grad) is skipped")
     results = []
     for name, batch in args.configs:
@@ -497,20 +425,18 @@ def main(argv=None) -> int:
     print_report(results, checks)
     if args.no_write:
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "per_example_bench" + ("_quick" if args.quick else "")
-    stem += "_hugepages" if args.hugepages else ""
+    stem = "per_example_bench" + ("_hugepages" if args.hugepages else "")
     result = {
-        "command": "python experiments/per_example_bench.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": _common.command_line(__file__, argv),
         "environment": env,
+        "quick": args.quick,
         "l2_norm_clip": L2_NORM_CLIP,
         "noise_multiplier": NOISE_MULTIPLIER,
         "issue_reference_ms_batch128": ISSUE_REFERENCE_MS,
         "results": results,
         "targets": checks,
     }
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    _common.write_json(args.out / f"{stem}.json", result)
     written = [f"{stem}.json"]
     if plot(results, args.out / f"{stem}.png"):
         written.append(f"{stem}.png")

@@ -3,8 +3,10 @@
 import ast
 import dataclasses
 import gzip
+import hashlib
 import pathlib
 import socket
+import sys
 import urllib.request
 
 import numpy as np
@@ -18,12 +20,12 @@ from jaxbp.data import (
     DownloadError,
     dataset_folders,
     dataset_spec,
+    datasets,
     default_cache_dir,
     fetch_split,
     load_dataset,
     load_xy,
     one_hot,
-    read_idx,
     to_float,
     write_idx,
 )
@@ -119,6 +121,7 @@ def test_data_package_does_not_import_jax():
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv("JAXBP_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "jaxbp"
@@ -126,6 +129,74 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "xdg" / "jaxbp"
     monkeypatch.setenv("JAXBP_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize(
+    "platform, local_app_data, expected",
+    [
+        ("darwin", None, ("home", "Library", "Caches", "jaxbp")),
+        ("win32", "appdata", ("appdata", "jaxbp", "Cache")),
+        ("win32", None, ("home", "AppData", "Local", "jaxbp", "Cache")),
+    ],
+)
+def test_default_cache_dir_follows_the_platform(
+    monkeypatch, tmp_path, platform, local_app_data, expected
+):
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.delenv("JAXBP_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # XDG_CACHE_HOME is a Linux convention: macOS and Windows ignore it.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if local_app_data is None:
+        monkeypatch.delenv("LOCALAPPDATA", raising=False)
+    else:
+        monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / local_app_data))
+    assert default_cache_dir() == tmp_path.joinpath(*expected)
+    assert dataset_folders("mnist") == (tmp_path.joinpath(*expected, "mnist"),)
+    # JAXBP_CACHE_DIR comes first everywhere.
+    monkeypatch.setenv("JAXBP_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_missing_data_dir_falls_through_to_the_cache(monkeypatch, tmp_path):
+    # A user with internet who runs the README's command has no ../shared/data: the
+    # files come from the cache (or a download into it), as if the setting were unset.
+    images, _ = write_split(tmp_path / "cache" / "fashion-mnist")
+    monkeypatch.setenv("JAXBP_DATA_DIR", str(tmp_path / "no" / "such" / "folder"))
+    paths = fetch_split(TINY_FASHION, "train")
+    assert paths.images.parent == tmp_path / "cache" / "fashion-mnist"
+    np.testing.assert_array_equal(load_dataset(TINY_FASHION, "train")[0], images)
+
+
+def test_missing_data_dir_falls_through_to_a_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXBP_DATA_DIR", str(tmp_path / "no" / "such" / "folder"))
+    fetched = []
+
+    def fake_download(archive, mirrors, folder, **kwargs):
+        # Stands in for the network: records where the archive would go.
+        fetched.append((archive.filename, folder))
+        write_split(folder)
+        return folder / archive.filename
+
+    monkeypatch.setattr(datasets, "download_archive", fake_download)
+    paths = fetch_split(TINY_FASHION, "train")
+    cache = tmp_path / "cache" / "fashion-mnist"
+    assert paths.images == cache / "train-images-idx3-ubyte.gz"
+    assert fetched == [
+        ("train-images-idx3-ubyte.gz", cache),
+        ("train-labels-idx1-ubyte.gz", cache),
+    ]
+
+
+def test_missing_data_dir_is_named_as_missing_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXBP_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset(TINY_FASHION, "test", offline=True)
+    lines = str(info.value).splitlines()
+    assert any(
+        str(tmp_path / "nowhere" / "fashion-mnist") in line and "no such folder" in line
+        for line in lines
+    )
 
 
 def test_dataset_folders_order(monkeypatch, tmp_path):
@@ -235,7 +306,9 @@ def test_offline_error_says_what_to_put_where(monkeypatch, tmp_path, switch):
     assert f"  {tmp_path / 'cache' / 'mnist'}  (cache" in message
     assert "\n  t10k-images-idx3-ubyte.gz\n  t10k-labels-idx1-ubyte.gz\n" in message
     assert "set JAXBP_DATA_DIR to a folder whose mnist/ subfolder holds them" in message
-    assert "data_dir=" in message and "unset JAXBP_OFFLINE" in message
+    assert "data_dir=" in message
+    # Only the environment variable can be unset by the user.
+    assert ("unset JAXBP_OFFLINE" in message) == (switch == "env")
     assert not (tmp_path / "cache").exists()
 
 
@@ -435,29 +508,75 @@ def test_real_fashion_mnist_through_env(monkeypatch, shared_data_dir):
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
 
 
-def test_real_mnist_test_split_and_train_labels(monkeypatch, shared_data_dir):
-    monkeypatch.setenv("JAXBP_DATA_DIR", str(shared_data_dir))
-    monkeypatch.setenv("JAXBP_OFFLINE", "1")
-    images, labels = load_dataset("mnist", "test")
-    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
-    assert labels.shape == (10000,) and labels.dtype == np.uint8
-    np.testing.assert_array_equal(labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
-    counts = np.bincount(labels, minlength=10)
-    assert counts.sum() == 10000 and counts.min() > 800 and counts.max() < 1200
-    train_labels = read_idx(shared_data_dir / "mnist" / "train-labels-idx1-ubyte.gz")
-    assert train_labels.shape == (60000,) and train_labels.max() == 9
-    counts = np.bincount(train_labels, minlength=10)
-    assert counts.min() > 5000 and counts.max() < 7000
+# MNIST as published: the IDX payloads' SHA-256 (header and bytes, after gunzip) and
+# the class counts of the 60,000/10,000 split.
+MNIST_PAYLOAD_SHA256 = {
+    "train-images": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "test-images": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "test-labels": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MNIST_CLASS_COUNTS = {
+    "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+    "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+}
 
 
-def test_real_mnist_train_images_are_missing(monkeypatch, shared_data_dir):
-    monkeypatch.setenv("JAXBP_DATA_DIR", str(shared_data_dir))
-    monkeypatch.setenv("JAXBP_OFFLINE", "1")
-    with pytest.raises(DataNotFoundError) as info:
-        load_dataset("mnist", "train")
-    message = str(info.value)
-    assert message.startswith(
-        "mnist 'train' split: missing train-images-idx3-ubyte.gz; offline mode is on"
+def _idx_payload_sha256(array):
+    """SHA-256 of the IDX bytes of an unsigned-byte array: header, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
     )
-    assert str(shared_data_dir / "mnist") in message
-    assert "train-labels" not in message  # that one is there
+    return hashlib.sha256(header + np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def mnist(shared_data_dir):
+    """MNIST's two splits from ``$JAXBP_DATA_DIR/mnist``, offline, loaded once."""
+    folder = shared_data_dir / "mnist"
+    wanted = [a.filename for files in MNIST.splits.values() for a in files[:2]]
+    if missing := [name for name in wanted if not (folder / name).is_file()]:
+        pytest.skip(f"{folder} lacks {', '.join(missing)}: no real MNIST files")
+    return {
+        split: load_dataset("mnist", split, data_dir=folder, offline=True)
+        for split in ("train", "test")
+    }
+
+
+@pytest.mark.parametrize(
+    "split, n, first_labels",
+    [
+        ("train", 60000, [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]),
+        ("test", 10000, [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]),
+    ],
+)
+def test_real_mnist(mnist, split, n, first_labels):
+    images, labels = mnist[split]
+    assert images.shape == (n, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (n,) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels[:10], first_labels)
+    np.testing.assert_array_equal(np.bincount(labels), MNIST_CLASS_COUNTS[split])
+    assert images.min() == 0 and images.max() == 255
+    # The pixels and labels are the published payloads, byte for byte.
+    assert _idx_payload_sha256(images) == MNIST_PAYLOAD_SHA256[f"{split}-images"]
+    assert _idx_payload_sha256(labels) == MNIST_PAYLOAD_SHA256[f"{split}-labels"]
+
+
+def test_real_mnist_pixel_sums(mnist):
+    # A second, independent checksum: the sum of all pixels (mean 33.32 of 255 for
+    # the training images, the 0.1307 that MNIST inputs are usually centred by).
+    train, test = mnist["train"][0], mnist["test"][0]
+    assert int(train.sum(dtype=np.int64)) == 1567298545
+    assert int(test.sum(dtype=np.int64)) == 264923200
+    assert round(float(train.mean()) / 255, 4) == 0.1307
+
+
+def test_real_mnist_through_env(monkeypatch, mnist, shared_data_dir):
+    monkeypatch.setenv("JAXBP_DATA_DIR", str(shared_data_dir))
+    monkeypatch.setenv("JAXBP_OFFLINE", "1")
+    paths = fetch_split("mnist", "train")
+    assert paths.images == shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz"
+    x, y = load_xy("mnist", "train")
+    assert x.shape == (60000, 784) and x.dtype == np.float32
+    assert y.shape == (60000,) and y.dtype == np.int32
+    np.testing.assert_array_equal(y, mnist["train"][1])

@@ -1,11 +1,13 @@
 """Smoke tests of the experiment scripts: each ``--quick`` mode runs and writes results.
 
-The four scripts run at once (each in its own Python, as ``python
-experiments/NAME.py --quick --out TMP``), so the whole module takes about as long as
-the slowest of them.
+The scripts run at once (each in its own Python, as ``python experiments/NAME.py
+--quick``), so the whole module takes about as long as the slowest of them. They run
+without ``--out``, as a user would, so these tests also check that ``--quick`` writes
+to ``experiments/results/quick/`` and leaves the published results alone.
 """
 
 import csv
+import hashlib
 import json
 import os
 import pathlib
@@ -16,43 +18,66 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-SCRIPTS = ("worked_examples", "fd_cost", "equivalence_atlas", "training_curves")
+RESULTS = EXPERIMENTS / "results"
+QUICK_RESULTS = RESULTS / "quick"
+SCRIPTS = (
+    "worked_examples",
+    "fd_cost",
+    "equivalence_atlas",
+    "training_curves",
+    "per_example_bench",
+)
+#: Scripts that need the real MNIST/Fashion-MNIST files (``JAXBP_DATA_DIR``).
+DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy")
 TIMEOUT_S = 600
 
 
+def _have_data() -> bool:
+    """Whether ``JAXBP_DATA_DIR`` names a folder, as the ``shared_data_dir`` fixture."""
+    value = os.environ.get("JAXBP_DATA_DIR")
+    return bool(value) and pathlib.Path(value).is_dir()
+
+
+def _published_results() -> dict[str, str]:
+    """SHA-256 of every file under experiments/results except quick/, by path."""
+    return {
+        str(path.relative_to(RESULTS)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(RESULTS.rglob("*"))
+        if path.is_file() and QUICK_RESULTS not in path.parents
+    }
+
+
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory) -> dict:
-    """Runs every script's --quick mode at once; ``{name: (rc, output, out_dir)}``."""
+def quick_runs() -> dict:
+    """Runs every script's --quick mode at once, without --out.
+
+    Returns:
+      ``{name: (rc, output, out_dir)}`` and, under ``"published"``, the hashes of
+      the published results before and after the runs.
+    """
+    before = _published_results()
+    scripts = SCRIPTS + (DATA_SCRIPTS if _have_data() else ())
     procs = {}
     env = os.environ.copy()
     env.setdefault("JAX_PLATFORMS", "cpu")
-    for name in SCRIPTS:
-        out = tmp_path_factory.mktemp(name)
-        procs[name] = (
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(EXPERIMENTS / f"{name}.py"),
-                    "--quick",
-                    "--out",
-                    str(out),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                cwd=ROOT,
-            ),
-            out,
+    for name in scripts:
+        procs[name] = subprocess.Popen(
+            [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--quick"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
         )
     runs = {}
-    for name, (proc, out) in procs.items():
+    for name, proc in procs.items():
         try:
             output, _ = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             output, _ = proc.communicate()
-        runs[name] = (proc.returncode, output, out)
+        runs[name] = (proc.returncode, output, QUICK_RESULTS)
+    runs["published"] = (before, _published_results())
     return runs
 
 
@@ -67,7 +92,50 @@ def _png(path: pathlib.Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
+@pytest.fixture
+def common(monkeypatch):
+    """``experiments/_common.py``, imported as the scripts import it."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import _common
+
+    return _common
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], RESULTS),
+        (["--quick"], QUICK_RESULTS),
+        (["--out", "elsewhere"], pathlib.Path("elsewhere")),
+        (["--quick", "--out", "elsewhere"], pathlib.Path("elsewhere")),
+    ],
+)
+def test_make_parser_out_defaults(common, argv, expected):
+    parser = common.make_parser("An experiment.\n\nMore words.")
+    parser.add_argument("--size", type=int, default=3)
+    assert parser.parse_args(argv).out == expected
+    assert parser.parse_known_args([*argv, "--other"])[0].out == expected
+    assert common.RESULTS_DIR == RESULTS and common.QUICK_RESULTS_DIR == QUICK_RESULTS
+
+
+def test_quick_runs_leave_the_published_results_untouched(quick_runs):
+    before, after = quick_runs["published"]
+    assert before, "experiments/results holds no published results"
+    assert after == before
+
+
+@pytest.mark.parametrize("name", SCRIPTS + DATA_SCRIPTS)
+def test_quick_writes_to_the_quick_folder(quick_runs, name):
+    if name not in quick_runs:
+        pytest.skip("JAXBP_DATA_DIR names no folder: no real MNIST/Fashion-MNIST files")
+    output, _ = _ok(quick_runs, name)
+    assert str(QUICK_RESULTS) in output, output[-2000:]
+
+
 def test_help():
+    # Every script: --help works and offers --quick and --out.
+    names = sorted(p.stem for p in EXPERIMENTS.glob("[!_]*.py"))
+    assert set(SCRIPTS + DATA_SCRIPTS) <= set(names)
     procs = {
         name: subprocess.Popen(
             [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--help"],
@@ -76,7 +144,7 @@ def test_help():
             text=True,
             cwd=ROOT,
         )
-        for name in SCRIPTS
+        for name in names
     }
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
@@ -138,7 +206,7 @@ def test_training_curves(quick_runs):
     assert record["config"]["hidden"] == [100]
     assert record["datasets"]["fashion_mnist"]["network"].startswith("MLP(784-100-10,")
     res = record["datasets"]["fashion_mnist"]
-    expected = "real" if os.environ.get("JAXBP_DATA_DIR") else None
+    expected = "real" if _have_data() else None
     if expected:
         assert res["data"]["source"] == "real"
     runs = res["runs"]
@@ -154,7 +222,7 @@ def test_training_curves(quick_runs):
     _png(out / "training_curves.png")
 
 
-# --- the benchmarks and the MNIST proxy: --quick runs end to end
+# --- the speed benchmark: --quick runs end to end
 def _run_quick(name, out, *extra):
     env = os.environ.copy()
     env.setdefault("JAX_PLATFORMS", "cpu")
@@ -178,16 +246,42 @@ def test_bench_speed_quick(tmp_path):
     assert "samples" in text
 
 
-def test_per_example_bench_quick(tmp_path):
-    proc = _run_quick("per_example_bench", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert (tmp_path / "per_example_bench_quick.json").stat().st_size > 100
+def test_per_example_bench(quick_runs):
+    _, out = _ok(quick_runs, "per_example_bench")
+    record = json.loads((out / "per_example_bench.json").read_text())
+    assert record["quick"] and record["results"]
+    for r in record["results"]:
+        assert r["median_ms"]["norms"] > 0 and r["median_ms"]["manual_materialised"] > 0
+    _png(out / "per_example_bench.png")
 
 
-def test_mnist_proxy_quick(tmp_path, shared_data_dir):
-    proc = _run_quick("mnist_proxy", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    record = json.loads((tmp_path / "mnist_proxy.json").read_text())
-    assert set(record["runs"]) == {"784-512-512-10 relu adam", "784-30-10 sigmoid sgd"}
-    for run in record["runs"].values():
-        assert 0.5 < run["test_accuracy"] <= 1
+def test_data_load_speed(quick_runs, shared_data_dir):
+    _, out = _ok(quick_runs, "data_load_speed")
+    record = json.loads((out / "data_load_speed.json").read_text())
+    assert record["splits"] == ["test"] and record["num_images"] == 10000
+    assert 0 < record["min_s"] <= record["median_s"] <= record["max_s"]
+
+
+def test_mnist_accuracy(quick_runs, shared_data_dir):
+    output, out = _ok(quick_runs, "mnist_accuracy")
+    record = json.loads((out / "mnist_accuracy.json").read_text())
+    runs = record["runs"]
+    assert [(r["network"], r["grad"]) for r in runs] == [
+        ("784-512-512-10 relu adam", "manual"),
+        ("784-512-512-10 relu adam", "autodiff"),
+        ("784-30-10 sigmoid sgd", "manual"),
+        ("784-30-10 sigmoid sgd", "autodiff"),
+    ]
+    for r in runs:
+        # Trained through the CLI on all of MNIST, one epoch.
+        assert r["command"].startswith("jaxbp train --dataset mnist --grad ")
+        assert r["train_examples"] == 60000 and r["test_examples"] == 10000
+        assert len(r["test_accuracy_per_epoch"]) == 1
+        assert r["final_test_accuracy"] > 0.9, r
+    # The two gradients train the same network to within float32 rounding.
+    for manual, autodiff in (runs[0:2], runs[2:4]):
+        assert (
+            abs(manual["final_test_accuracy"] - autodiff["final_test_accuracy"]) < 0.01
+        )
+    assert len(record["summary"]) == 4
+    assert "$ jaxbp train --dataset mnist --grad manual --hidden 512,512" in output

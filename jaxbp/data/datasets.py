@@ -9,7 +9,8 @@ Each split of a dataset is two IDX archives, images ``(N, 28, 28)`` and labels
 2. ``$JAXBP_DATA_DIR/<folder>/``, where ``<folder>`` is ``mnist`` or
    ``fashion-mnist`` (the layout of the shared data folder).
 3. The cache, ``<cache>/<folder>/``, where ``<cache>`` is ``cache_dir=``, else
-   ``$JAXBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxbp``, else ``~/.cache/jaxbp``.
+   ``$JAXBP_CACHE_DIR``, else the platform's cache folder (see
+   :func:`default_cache_dir`).
 4. A download into the cache, from the dataset's mirrors in order, each archive
    checked against its published checksum. Never with ``offline=True`` or
    ``JAXBP_OFFLINE=1``: then a missing file is an error that says what to put where.
@@ -23,6 +24,7 @@ recompressed copy with the original payload is accepted.
 import dataclasses
 import os
 import pathlib
+import sys
 import types
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -200,14 +202,17 @@ def dataset_spec(name: str | DatasetSpec) -> DatasetSpec:
 def default_cache_dir() -> pathlib.Path:
     """Returns the parent cache folder; each dataset lives in a subfolder of it.
 
-    ``$JAXBP_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/jaxbp``, else
-    ``~/.cache/jaxbp``.
+    ``$JAXBP_CACHE_DIR`` if set, else the platform's convention for caches:
+
+    - Linux and other Unix: ``$XDG_CACHE_HOME/jaxbp``, else ``~/.cache/jaxbp``;
+    - macOS: ``~/Library/Caches/jaxbp``;
+    - Windows: ``%LOCALAPPDATA%\\jaxbp\\Cache``, else
+      ``~\\AppData\\Local\\jaxbp\\Cache``.
+
+    Returns:
+      The folder (it may not exist yet; downloads create it).
     """
-    if value := os.environ.get(CACHE_DIR_ENV):
-        return pathlib.Path(value).expanduser()
-    if value := os.environ.get("XDG_CACHE_HOME"):
-        return pathlib.Path(value).expanduser() / "jaxbp"
-    return pathlib.Path.home() / ".cache" / "jaxbp"
+    return _cache_dir_and_source()[0]
 
 
 def dataset_folders(
@@ -500,18 +505,29 @@ def _search_folders(
         folder = pathlib.Path(value).expanduser() / spec.folder
         folders.append((folder, f"from {DATA_DIR_ENV}={value}"))
     if cache_dir is not None:
-        source = "cache_dir="
-    elif os.environ.get(CACHE_DIR_ENV):
-        source = f"from {CACHE_DIR_ENV}"
-    elif os.environ.get("XDG_CACHE_HOME"):
-        source = "from XDG_CACHE_HOME"
+        cache, source = pathlib.Path(cache_dir), "cache_dir="
     else:
-        source = "default"
-    cache = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir)
+        cache, source = _cache_dir_and_source()
     folders.append(
         (cache.expanduser() / spec.folder, f"cache, {source}; downloads go here")
     )
     return folders
+
+
+def _cache_dir_and_source() -> tuple[pathlib.Path, str]:
+    """The default cache folder, and what chose it (for messages)."""
+    if value := os.environ.get(CACHE_DIR_ENV):
+        return pathlib.Path(value).expanduser(), f"from {CACHE_DIR_ENV}"
+    if sys.platform == "darwin":
+        return pathlib.Path.home() / "Library" / "Caches" / "jaxbp", "macOS default"
+    if sys.platform == "win32":
+        if value := os.environ.get("LOCALAPPDATA"):
+            return pathlib.Path(value) / "jaxbp" / "Cache", "from LOCALAPPDATA"
+        local = pathlib.Path.home() / "AppData" / "Local"
+        return local / "jaxbp" / "Cache", "Windows default"
+    if value := os.environ.get("XDG_CACHE_HOME"):
+        return pathlib.Path(value).expanduser() / "jaxbp", "from XDG_CACHE_HOME"
+    return pathlib.Path.home() / ".cache" / "jaxbp", "default"
 
 
 def _offline_source(offline: bool | None) -> str | None:
@@ -542,13 +558,20 @@ def _missing_message(
             f"; offline mode is on ({offline_source}), so nothing was downloaded."
         )
     lines.append("Looked in, in order:")
-    lines += [f"  {folder}  ({source})" for folder, source in folders]
+    lines += [
+        f"  {folder}  ({source}{'' if folder.is_dir() else '; no such folder'})"
+        for folder, source in folders
+    ]
     lines.append("Put these files into one of those folders:")
     lines += [f"  {archive.filename}" for archive in missing]
     lines.append(
         f"or set {DATA_DIR_ENV} to a folder whose {spec.folder}/ subfolder holds "
         "them, or pass data_dir= the folder holding the files themselves"
-        + (f", or unset {OFFLINE_ENV} to download them." if offline_source else ".")
+        + (
+            f", or unset {OFFLINE_ENV} to download them."
+            if offline_source and offline_source.startswith(OFFLINE_ENV)
+            else "."
+        )
     )
     return "\n".join(lines)
 
