@@ -342,8 +342,9 @@ def _row(path, shape, unit, err, tol, rel, left, right, kink, positions, rtol):
 def _elementwise(a: np.ndarray, b: np.ndarray, dtype: str, rtol, tiny):
     """Per-entry error, tolerance and relative error of two flat float64 arrays."""
     err = np.abs(a - b)
-    scale = float(np.nanmax(np.maximum(np.abs(a), np.abs(b)))) if a.size else 0.0
-    floor = default_tiny(dtype, 0.0 if math.isnan(scale) else scale)
+    both = np.maximum(np.abs(a), np.abs(b))
+    scale = float(np.max(np.where(np.isnan(both), 0.0, both), initial=0.0))
+    floor = default_tiny(dtype, scale)
     if tiny is not None:
         floor = max(floor, tiny)
     denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
@@ -423,14 +424,20 @@ def _paths(tree) -> list[str]:
     ]
 
 
-def _check_like(reference, tree, what: str) -> list[str]:
+def _check_like(reference, tree, what: str, label=None) -> list[str]:
     """Checks that ``tree`` has the structure and shapes of ``reference``.
+
+    Args:
+      reference: the pytree to match (params).
+      tree: what ``what`` returned.
+      what: the name of the function that returned it.
+      label: optionally, ``path -> words`` naming a leaf in a message.
 
     Returns:
       The key paths of the leaves.
 
     Raises:
-      ValueError: naming the leaf that is missing, extra or of the wrong shape.
+      ValueError: naming the leaves that are missing, extra or of the wrong shape.
     """
     ref_paths, paths = _paths(reference), _paths(tree)
     if jax.tree.structure(reference) != jax.tree.structure(tree):
@@ -447,14 +454,18 @@ def _check_like(reference, tree, what: str) -> list[str]:
                 f"{jax.tree.structure(reference)}"
             )
         raise ValueError(f"{what} returned a pytree unlike params: {'; '.join(detail)}")
-    for path, ref, leaf in zip(
-        ref_paths, jax.tree.leaves(reference), jax.tree.leaves(tree), strict=True
-    ):
-        if np.shape(ref) != np.shape(leaf):
-            raise ValueError(
-                f"{what} returned shape {np.shape(leaf)} for leaf {path}, but params "
-                f"has shape {np.shape(ref)} there"
-            )
+    wrong = [
+        f"{label(path) if label else path}: {np.shape(leaf)} instead of {np.shape(ref)}"
+        for path, ref, leaf in zip(
+            ref_paths, jax.tree.leaves(reference), jax.tree.leaves(tree), strict=True
+        )
+        if np.shape(ref) != np.shape(leaf)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{what} returned the wrong shape for {len(wrong)} "
+            f"{'leaf' if len(wrong) == 1 else 'leaves'} of params: {'; '.join(wrong)}"
+        )
     return ref_paths
 
 
@@ -671,7 +682,7 @@ def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
 
 def _run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step,
                fd_samples, fd_directions, fd_safety, rtol, seed, chunk, auto_limit,
-               coordinate_evaluator=None, title=""):  # fmt: skip
+               coordinate_evaluator=None, title="", label=None):  # fmt: skip
     """The one checker behind :func:`check_grad` and :func:`check_gradients`.
 
     Returns:
@@ -691,7 +702,7 @@ def _run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_ste
         user, auto = _call(
             jax.jit, lambda q, *b: (grad_fun(q, *b), jax.grad(fun)(q, *b)), p, a
         )
-        _check_like(p, user, name)
+        _check_like(p, user, name, label)
         user_np = [_np64(t) for t in jax.tree.leaves(user)]
         auto_np = [_np64(t) for t in jax.tree.leaves(auto)]
     shapes = [np.shape(t) for t in jax.tree.leaves(params)]
@@ -1090,6 +1101,8 @@ def check_gradients(
         auto_limit=MLP_AUTO_ALL_LIMIT,
         coordinate_evaluator=_mlp_coordinate_evaluator(net),
         title=f"check_gradients of {net}, batch {int(jnp.shape(x)[0])}",
+        label=lambda path: f"{path} (layer {int(path[1:path.index(']')]) + 1} of "
+        f"{net.depth})",
     )  # fmt: skip
     if grad_fun is None:
         layer, note = _localise_deltas(
