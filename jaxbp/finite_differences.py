@@ -185,6 +185,15 @@ def quotients(samples: Samples, noise: float) -> Quotients:
 # :func:`evaluate_all` runs the evaluators of every leaf in one compiled program.
 
 
+def chunked_map(f: Callable, xs, chunk: int):
+    """``f`` over the leading axis of ``xs``: one ``vmap`` if it holds at most
+    ``chunk`` entries, else ``lax.map`` with ``chunk`` entries per ``vmap``."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if n <= chunk:
+        return jax.vmap(f)(xs)
+    return jax.lax.map(f, xs, batch_size=chunk)
+
+
 def coordinate_evaluator(fun: Callable, treedef, k: int, chunk: int) -> Callable:
     """``(leaves, args, idx, values, deltas) -> f``: entries of leaf ``k`` replaced.
 
@@ -202,11 +211,7 @@ def coordinate_evaluator(fun: Callable, treedef, k: int, chunk: int) -> Callable
 
     def run(leaves, args, idx, values, deltas):
         del deltas
-        return jax.lax.map(
-            lambda iv: one(leaves, args, *iv),
-            (idx, values),
-            batch_size=min(chunk, idx.shape[0]),
-        )
+        return chunked_map(lambda iv: one(leaves, args, *iv), (idx, values), chunk)
 
     return run
 
@@ -223,11 +228,7 @@ def leaf_evaluator(fun: Callable, treedef, k: int, chunk: int) -> Callable:
         return fun(jax.tree.unflatten(treedef, new), *args)
 
     def run(leaves, args, points):
-        return jax.lax.map(
-            lambda pt: one(leaves, args, pt),
-            points,
-            batch_size=min(chunk, points.shape[0]),
-        )
+        return chunked_map(lambda pt: one(leaves, args, pt), points, chunk)
 
     return run
 

@@ -954,10 +954,8 @@ def _mlp_coordinate_evaluator(net: MLP):
             if l < last:
                 a_l = net.hidden.fn(zs[0])
                 zs.append(a_l @ params[l + 1]["w"] + params[l + 1]["b"][None, :])
-            return jax.lax.map(
-                lambda iv: one(params, targets, a, zs, *iv),
-                (idx, deltas),
-                batch_size=min(chunk, idx.shape[0]),
+            return fdiff.chunked_map(
+                lambda iv: one(params, targets, a, zs, *iv), (idx, deltas), chunk
             )
 
         return run

@@ -341,8 +341,6 @@ def test_modes_and_coverage_text():
     params = _params(net)
     x, y = _batch(net)
     n = net.num_params
-    report = jaxbp.check_gradients(net, params, x, y, fd="all")
-    assert f"every coordinate ({n} of {n})" in str(report)
     report = jaxbp.check_gradients(net, params, x, y, fd_samples=3, seed=1)
     assert report.passed, str(report)
     assert f"random sample of 12 of {n} coordinates" in str(report)
@@ -361,9 +359,8 @@ def test_modes_and_coverage_text():
     assert len(report.comparisons) == 1 and report.passed
     # auto: every coordinate of a small function, a sample of a large one
     p, xx, yy = _logreg()
-    assert "every coordinate" in str(
-        jaxbp.check_grad(logreg_loss, logreg_grad, p, xx, yy)
-    )
+    report = jaxbp.check_grad(logreg_loss, logreg_grad, p, xx, yy, fd="all")
+    assert "every coordinate (6 of 6)" in str(report)
     big = {"w": jnp.linspace(-1, 1, 5000)}
     report = jaxbp.check_grad(_quartic, _quartic_grad, big)
     assert "random sample of 64 of 5,000 coordinates" in str(report)
@@ -380,7 +377,7 @@ def test_directions_catch_a_single_wrong_entry():
     assert report.comparisons[2].passed
 
 
-# --- the MLP layer ---------------------------------------------------------------------
+# --- the MLP layer ----------------------------------------------------------------
 _GOOD = [
     (jaxbp.MLP(SIZES[1], activation="tanh"), "labels", "float32"),
     (jaxbp.MLP(SIZES[2], activation="sigmoid"), "labels", "float64"),
@@ -428,7 +425,6 @@ def test_check_gradients_localises_a_wrong_delta(monkeypatch):
     net = jaxbp.MLP(SIZES[3], activation="tanh")
     params = _params(net)
     x, y = _batch(net)
-    assert jaxbp.check_gradients(net, params, x, y).passed
     _wrong_tanh(monkeypatch)
     report = jaxbp.check_gradients(net, params, x, y)
     assert not report.passed
@@ -576,12 +572,12 @@ def test_default_steps_follow_the_scale():
 
 
 def test_finite_difference_grad_float64():
-    net = _GOOD[2][0]
+    net = jaxbp.MLP(SIZES[1], activation="tanh", objective="mse")
     with jax.enable_x64(True):
         params = _params(net, "float64")
         x, y = _batch(net, "float", "float64")
         flat_auto, _ = jax.flatten_util.ravel_pytree(jax.grad(net.loss)(params, x, y))
-        fd = jaxbp.finite_difference_grad(lambda p: net.loss(p, x, y), params, chunk=16)
+        fd = jaxbp.finite_difference_grad(lambda p: net.loss(p, x, y), params, chunk=28)
         assert fd.shape == flat_auto.shape and fd.dtype == jnp.float64
         np.testing.assert_allclose(fd, flat_auto, rtol=1e-6, atol=1e-9)
         indices = np.array([0, 5, 17, flat_auto.size - 1])
