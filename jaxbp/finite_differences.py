@@ -14,10 +14,10 @@ the central quotients, whose error is rounding plus truncation:
 
 * **rounding**: each value carries a noise ``delta_f`` (a few ulps of ``|f|``, or more
   when ``f`` sums many terms), so ``c_h`` carries about ``delta_f / h``. ``delta_f``
-  is estimated per leaf from the data themselves (Moré & Wild, 2011): the fourth
+  is estimated from the data themselves (after Moré & Wild, 2011): the fourth
   difference ``D4 = f(2h) - 4 f(h) + 6 f(0) - 4 f(-h) + f(-2h)`` of a smooth function is
-  ``h^4 f'''' + noise``, and the noise of ``D4`` is ``sqrt(70)`` times that of ``f``;
-  ``delta_f`` is the larger of ``4 eps |f|`` and ``3 median|D4| / sqrt(70)``.
+  ``h^4 f'''' + noise``, and the noise of ``D4`` is ``sqrt(70)`` times that of ``f``
+  (:func:`noise_level`, which also guards against kinks).
 * **truncation**: ``c_h = f' + h^2 f'''/6 + O(h^4)`` and ``c_{2h} = f' + 4 h^2 f'''/6
   + O(h^4)``, so ``|c_{2h} - c_h| / 3`` estimates the truncation error of ``c_h``.
 
@@ -135,22 +135,38 @@ class Samples(NamedTuple):
         f = self.values
         return f[:, 2] - 4 * f[:, 0] + 6 * self.f0 - 4 * f[:, 1] + f[:, 3]
 
+    @property
+    def odd(self) -> np.ndarray:
+        """The odd third differences ``f(2h) - f(-2h) - 2 (f(h) - f(-h))``."""
+        f = self.values
+        return f[:, 2] - f[:, 3] - 2 * (f[:, 0] - f[:, 1])
+
 
 def noise_level(samples: list[Samples], eps: float) -> float:
     """``delta_f``: the noise of one evaluation, from all probes of a check at once.
 
-    The larger of ``4 eps |f|`` and ``3 median|D4| / sqrt(70)`` (for Gaussian noise of
-    standard deviation ``s``, ``D4`` has standard deviation ``sqrt(70) s`` and median
-    absolute value about ``0.67 sqrt(70) s``). The median is taken over every probe of
-    every leaf, so kinks (whose ``D4`` is large) do not inflate it unless they are the
-    majority.
+    Two differences of the five values of a probe are noise plus a term far below it
+    for a smooth function at the default step: ``D4`` (plus ``h^4 f''''``; its noise is
+    ``sqrt(70) s`` for noise of standard deviation ``s``) and the odd third difference
+    ``E = f(2h) - f(-2h) - 2 (f(h) - f(-h))`` (plus ``2 h^3 f'''``; noise
+    ``sqrt(10) s``). A kink at ``p`` itself inflates ``D4`` but not ``E``, so each probe
+    offers ``min(|D4| / sqrt(70), |E| / sqrt(10))``, and ``delta_f`` is the larger of
+    ``4 eps |f|`` and 4 times the median of those over every probe of every leaf.
     """
-    d4 = np.concatenate([np.abs(s.d4) for s in samples]) if samples else np.zeros(0)
+    if samples:
+        per_probe = np.concatenate(
+            [
+                np.minimum(np.abs(s.d4) / math.sqrt(70), np.abs(s.odd) / math.sqrt(10))
+                for s in samples
+            ]
+        )
+    else:
+        per_probe = np.zeros(0)
     scale = max(
         (max(abs(s.f0), float(np.max(np.abs(s.values), initial=0.0))) for s in samples),
         default=0.0,
     )
-    estimate = 3 * float(np.median(d4)) / math.sqrt(70) if d4.size else 0.0
+    estimate = 4 * float(np.median(per_probe)) if per_probe.size else 0.0
     return max(4 * eps * scale, estimate, float(np.finfo(np.float64).tiny))
 
 
@@ -163,6 +179,20 @@ def quotients(samples: Samples, noise: float) -> Quotients:
 
     Returns:
       :class:`Quotients`.
+
+    Examples:
+      ``|x|`` at its corner: not smooth, any slope in ``[-1, 1]`` is a subgradient.
+
+      >>> import numpy as np
+      >>> t = 1e-3 * np.array([OFFSETS])
+      >>> s = Samples(0.0, np.abs(t), t)
+      >>> q = quotients(s, noise_level([s], 2.2e-16))
+      >>> bool(q.smooth[0]), [float(b[0]) for b in q.bracket]
+      (False, [-1.0, 1.0])
+      >>> s = Samples(0.0, 3 * t + t**2, t)  # smooth: 3x + x^2
+      >>> q = quotients(s, noise_level([s], 2.2e-16))
+      >>> bool(q.smooth[0]), round(float(q.central[0]), 9)
+      (True, 3.0)
     """
     f, t, f0 = samples.values, samples.offsets, samples.f0
     with np.errstate(divide="ignore", invalid="ignore"):

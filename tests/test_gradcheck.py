@@ -585,3 +585,16 @@ def test_finite_difference_grad_float64():
             lambda p: net.loss(p, x, y), params, indices=indices
         )
         np.testing.assert_allclose(some, fd[indices], rtol=1e-12)
+
+
+def test_a_lone_kink_is_not_mistaken_for_noise():
+    # One coordinate, exactly at the corner of |x|: every probe is a kink, and the
+    # noise estimate must not grow to swallow it (0.5 passes as a kink, 5 fails).
+    def fun(p):
+        return jnp.abs(p["x"])
+
+    p = {"x": jnp.asarray(0.0, jnp.float32)}
+    report = jaxbp.check_grad(fun, lambda p: {"x": jnp.asarray(0.5)}, p)
+    assert report.passed and report.kinks == 1, str(report)
+    report = jaxbp.check_grad(fun, lambda p: {"x": jnp.asarray(5.0)}, p)
+    assert not report.comparisons[1].passed
