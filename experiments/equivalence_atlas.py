@@ -2,11 +2,14 @@
 
 For each hidden activation, each loss and depth 1-4 (8-16-...-16-4 networks: depth 1
 is 8-4, depth 4 is 8-16-16-16-4), at a few batch sizes with fixed seeds, runs
-jaxbp.gradcheck twice: in float32 (manual vs jax.grad in float32, finite differences
-in float32) and in float64 (all in float64), at the same parameters and batch. Records
-the max relative error (jaxbp.gradcheck's definition: |a - b| / max(|a|, |b|, tiny),
+jaxbp.check_gradients twice: in float32 (manual vs jax.grad in float32, finite
+differences in float32) and in float64 (all in float64), at the same parameters and
+batch, every coordinate. Records the max relative error (|a - b| / max(|a|, |b|, tiny),
 max over leaves) of manual vs autodiff, and of manual and autodiff vs central finite
-differences, with pass/fail at the library's dtype-aware tolerances.
+differences, with pass/fail: manual vs autodiff at the library's dtype-aware
+tolerances, against finite differences at each coordinate's error budget (rounding +
+truncation), with coordinates where the loss is not smooth (ReLU corners) counted as
+kinks and passed when the gradient lies inside the one-sided quotients' bracket.
 
 The output activation is the hidden activation for half_sse and mse (so that depth 1
 tests the activation too) and identity for softmax_cross_entropy, which takes logits
@@ -29,7 +32,11 @@ import jax
 import numpy as np
 
 import jaxbp
-from jaxbp.gradcheck import FD_RTOL, FD_STEP, GRAD_RTOL
+from jaxbp.finite_differences import machine_eps
+from jaxbp.gradcheck import FD_SAFETY, GRAD_RTOL
+
+#: float32's default finite-difference step for a parameter of scale 1.
+H32 = machine_eps("float32") ** (1 / 3)
 
 LOSSES = ("half_sse", "mse", "softmax_cross_entropy")
 DEPTHS = (1, 2, 3, 4)
@@ -84,21 +91,22 @@ def one_case(activation: str, loss: str, depth: int, batch: int, seed: int) -> d
             row[f"{name}_{dtype}_max_rel"] = comp.max_rel
             row[f"{name}_{dtype}_max_abs"] = max(leaf.max_abs for leaf in comp.leaves)
             row[f"{name}_{dtype}_passed"] = comp.passed
+            row[f"{name}_{dtype}_kinks"] = comp.kinks
     return row
 
 
 def diagnose_fd32(row: dict) -> dict:
     """Why float32 finite differences failed on one case: the step or the rounding.
 
-    Re-checks the same network and batch (a) in float64 with float32's step, and (b)
-    in float32 with a 10x smaller step. A failure in (a) means the step itself is
-    the problem (it crosses a kink of a piecewise-linear activation, say), not float32
-    rounding; a pass in (b) confirms it.
+    Re-checks the same network and batch (a) in float64 with float32's step (for a
+    parameter of scale 1), and (b) in float32 with a 10x smaller step. A failure in
+    (a) means the step itself is the problem, not float32 rounding; a pass in (b)
+    confirms it.
     """
     net, params, x, y = case_inputs(
         row["activation"], row["loss"], row["depth"], row["batch"], row["seed"]
     )
-    h32 = FD_STEP["float32"]
+    h32 = H32
     out = {}
     for label, dtype, step in (
         ("float64_at_float32_step", "float64", h32),
@@ -154,7 +162,11 @@ def plot(path, rows, activations, losses, depths):
             logs = np.log10(np.where(grid > 0, grid, 10.0**floor))
         logs = np.clip(logs, floor, 1)
         image = ax.imshow(logs, cmap="viridis", vmin=floor, vmax=0, aspect="auto")
-        tol = (GRAD_RTOL if kind == "manual_vs_autodiff" else FD_RTOL)[dtype]
+        tol = (
+            f"tol {GRAD_RTOL[dtype]:g}"
+            if kind == "manual_vs_autodiff"
+            else f"budget x{FD_SAFETY:g}"
+        )
         for i, a in enumerate(activations):
             for j, (loss, d) in enumerate(columns):
                 v = grid[i, j]
@@ -178,7 +190,7 @@ def plot(path, rows, activations, losses, depths):
         ax.set_xticklabels([f"{short[loss]}\nd{d}" for loss, d in columns], fontsize=7)
         ax.set_yticks(range(len(activations)))
         ax.set_yticklabels(activations, fontsize=8)
-        ax.set_title(f"{title}, {dtype} (tol {tol:g})", fontsize=9)
+        ax.set_title(f"{title}, {dtype} ({tol})", fontsize=9)
         fig.colorbar(image, ax=ax, label="log10 max rel err")
     fig.suptitle(
         "max relative error, worst over batch sizes "
@@ -205,9 +217,9 @@ def main(argv=None) -> int:
     )
     print(
         f"tolerances: manual vs jax.grad {GRAD_RTOL['float32']:g} (float32), "
-        f"{GRAD_RTOL['float64']:g} (float64); vs finite differences "
-        f"{FD_RTOL['float32']:g} (float32, h={FD_STEP['float32']:g}), "
-        f"{FD_RTOL['float64']:g} (float64, h={FD_STEP['float64']:g})"
+        f"{GRAD_RTOL['float64']:g} (float64); vs finite differences each "
+        f"coordinate's error budget (x{FD_SAFETY:g} on rounding), kinks accepted "
+        "inside the one-sided bracket"
     )
     t0 = time.perf_counter()
     rows = []
@@ -279,6 +291,17 @@ def main(argv=None) -> int:
         f"{np.nanmedian(fd64):.1e}, worst {np.nanmax(fd64):.1e})"
     )
     print(f"  float32 fails while float64 passes: {len(f32_fail_f64_pass)} cases")
+    kinks = {
+        dtype: [r for r in rows if r[f"manual_vs_fd_{dtype}_kinks"]]
+        for dtype in ("float32", "float64")
+    }
+    for dtype, kink_rows in kinks.items():
+        entries = sum(r[f"manual_vs_fd_{dtype}_kinks"] for r in kink_rows)
+        acts = sorted({r["activation"] for r in kink_rows})
+        print(
+            f"  {dtype}: {len(kink_rows)} cases have kinks ({entries} entries accepted "
+            f"as subgradients; activations {acts})"
+        )
     print(f"    by loss:       {by_loss}")
     print(f"    by activation: {by_act}")
     print(f"    by depth:      {by_depth}")
@@ -286,8 +309,7 @@ def main(argv=None) -> int:
     if f32_fail:
         print(
             "  each float32 failure re-checked in float64 at float32's step "
-            f"h={FD_STEP['float32']:g}, and in float32 at "
-            f"h={FD_STEP['float32'] / 10:g}:"
+            f"h={H32:.2g}, and in float32 at h={H32 / 10:.2g}:"
         )
     for r in f32_fail:
         d = diagnose_fd32(r)
@@ -334,6 +356,13 @@ def main(argv=None) -> int:
         "float32_worst_max_rel": float(np.nanmax(fd32)),
         "float64_worst_max_rel": float(np.nanmax(fd64)),
         "float32_failure_diagnoses": diagnoses,
+        "kink_cases": {d: len(c) for d, c in kinks.items()},
+        "kink_entries": {
+            d: sum(r[f"manual_vs_fd_{d}_kinks"] for r in c) for d, c in kinks.items()
+        },
+        "kink_activations": {
+            d: sorted({r["activation"] for r in c}) for d, c in kinks.items()
+        },
         "float64_failure_cases": [
             {k: r[k] for k in ("network", "batch", "seed")} for r in f64_fail
         ],
@@ -354,8 +383,8 @@ def main(argv=None) -> int:
             "widths": {"in": WIDTH_IN, "hidden": WIDTH_HIDDEN, "out": WIDTH_OUT},
             "tolerances": {
                 "grad_rtol": GRAD_RTOL,
-                "fd_rtol": FD_RTOL,
-                "fd_step": FD_STEP,
+                "fd_safety": FD_SAFETY,
+                "fd_step": "eps^(1/3) max(|p_i|, rms(leaf)) per coordinate",
             },
             "summary": summary,
             "rows": rows,

@@ -9,7 +9,10 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.backward``: the delta rule on a forward cache;
 * ``jaxbp.mlp``: :class:`MLP`, the network spec with ``init``, ``forward``, ``loss``
   and ``manual_grad``;
-* ``jaxbp.gradcheck``: manual vs ``jax.grad`` vs finite differences, leaf by leaf;
+* ``jaxbp.finite_differences``: difference quotients with their error budget and
+  kink detection;
+* ``jaxbp.gradcheck``: any hand-derived gradient of any pytree against ``jax.grad``
+  and finite differences, leaf by leaf (``check_grad``; ``check_gradients`` for MLPs);
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping;
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
 * ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
@@ -30,6 +33,7 @@ from jaxbp import checkpoint
 from jaxbp import config
 from jaxbp import data
 from jaxbp import explainer
+from jaxbp import finite_differences
 from jaxbp import gradcheck
 from jaxbp import losses
 from jaxbp import mlp
@@ -53,7 +57,9 @@ from jaxbp.data import to_float
 from jaxbp.explainer import Trace
 from jaxbp.explainer import explain
 from jaxbp.gradcheck import GradCheckReport
+from jaxbp.gradcheck import assert_grad_matches
 from jaxbp.gradcheck import assert_gradients_agree
+from jaxbp.gradcheck import check_grad
 from jaxbp.gradcheck import check_gradients
 from jaxbp.gradcheck import compare_grads
 from jaxbp.gradcheck import finite_difference_grad
@@ -88,8 +94,10 @@ __all__ = (
     "Trace",
     "TrainState",
     "activations",
+    "assert_grad_matches",
     "assert_gradients_agree",
     "backward",
+    "check_grad",
     "check_gradients",
     "checkpoint",
     "clipped_grad",
@@ -99,6 +107,7 @@ __all__ = (
     "explain",
     "explainer",
     "finite_difference_grad",
+    "finite_differences",
     "fit",
     "get_activation",
     "get_loss",

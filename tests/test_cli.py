@@ -517,10 +517,10 @@ def test_check_passes_and_prints_pass_rows(capsys):
     rc = cli.main(["check", "--sizes", "20,8,3", "--fd-samples", "20"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    rows = re.findall(r"^ +\d+ +[wb] +\(.*\bPASS$", out, flags=re.MULTILINE)
+    rows = re.findall(r"^\[\d\]\['[wb]'\] .*\bPASS$", out, flags=re.MULTILINE)
     assert len(rows) == 3 * 4  # three comparisons, four leaves each
     assert "FAIL" not in out
-    assert out.rstrip().endswith("all checks PASS")
+    assert out.rstrip().endswith("PASS: all comparisons pass")
 
 
 def test_check_fails_on_a_broken_derivative(capsys, monkeypatch):
@@ -533,7 +533,7 @@ def test_check_fails_on_a_broken_derivative(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 1
     assert "FAIL" in out
-    assert out.rstrip().endswith("some checks FAIL")
+    assert out.rstrip().endswith("comparisons fail")
 
 
 # --- real data
