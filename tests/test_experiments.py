@@ -26,6 +26,7 @@ SCRIPTS = (
     "equivalence_atlas",
     "training_curves",
     "per_example_bench",
+    "gradcheck_speed",
 )
 #: Scripts that need the real MNIST/Fashion-MNIST files (``JAXBP_DATA_DIR``).
 DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy")
@@ -253,6 +254,18 @@ def test_per_example_bench(quick_runs):
     for r in record["results"]:
         assert r["median_ms"]["norms"] > 0 and r["median_ms"]["manual_materialised"] > 0
     _png(out / "per_example_bench.png")
+
+
+def test_gradcheck_speed(quick_runs):
+    _, out = _ok(quick_runs, "gradcheck_speed")
+    record = json.loads((out / "gradcheck_speed.json").read_text())
+    assert record["quick"] and record["num_params"] > 0
+    results = record["results"]
+    assert {"python_default", "mlp_all", "general_all"} <= set(results)
+    for name, r in results.items():
+        assert r["passed"], name
+        assert r["median_s"] > 0, name
+    assert "every coordinate" in results["mlp_all"]["coverage"]
 
 
 def test_data_load_speed(quick_runs, shared_data_dir):
