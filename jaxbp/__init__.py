@@ -12,7 +12,9 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.finite_differences``: difference quotients with their error budget and
   kink detection;
 * ``jaxbp.gradcheck``: any hand-derived gradient of any pytree against ``jax.grad``
-  and finite differences, leaf by leaf (``check_grad``; ``check_gradients`` for MLPs);
+  and finite differences, leaf by leaf; a package of ``inputs`` (validation),
+  ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
+  ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping;
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
 * ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
