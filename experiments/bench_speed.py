@@ -35,6 +35,10 @@ Examples:
   python experiments/bench_speed.py                 # the published run
   python experiments/bench_speed.py --nets small --ratio-batch-sizes ''
   python experiments/bench_speed.py --quick         # seconds; experiments/results/quick
+  python experiments/bench_speed.py --hlo           # the compiled steps' kernels
+
+experiments/results/bench_speed_notes.md explains the results: the profile of the DP
+step, the HLO of the manual and autodiff steps, and what separates jaxbp from the bound.
 """
 
 import os
@@ -139,6 +143,12 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print only, write no result files"
+    )
+    parser.add_argument(
+        "--hlo",
+        action="store_true",
+        help="time nothing: list the kernels of the compiled manual and autodiff "
+        "steps side by side (and write bench_speed_hlo.txt)",
     )
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -329,6 +339,47 @@ def time_step_compile(net_name, batch_size) -> dict:
             "total_s": done - start,
         }
     return result
+
+
+def step_kernels(net_name, batch_size, grad) -> list[str]:
+    """The kernels of one compiled jaxbp training step, in execution order.
+
+    Each is ``name shape kind`` of a top-level fusion or dot in the optimized HLO
+    (``jit(step).lower(...).compile().as_text()``): ``kCustom`` fusions run on the
+    YNNPACK library, ``dot`` on Eigen, ``kLoop`` fusions are XLA's own loops.
+    """
+    import optax
+
+    net = _jaxbp_net(net_name)
+    opt = optax.sgd(LR)
+    state = train.init_train_state(net, opt, jax.random.key(0))
+    xb = jnp.zeros((batch_size, net.sizes[0]), jnp.float32)
+    yb = jnp.zeros((batch_size,), jnp.int32)
+    text = train.make_train_step(net, opt, grad=grad).lower(state, (xb, yb))
+    text = text.compile().as_text()
+    kernels = []
+    for line in text[text.index("ENTRY") :].splitlines():
+        line = line.strip()
+        if " = " not in line or not (" fusion(" in line or " dot(" in line):
+            continue
+        name, rest = line.split(" = ", 1)
+        shape = rest.split(" ")[0].split("{")[0]
+        kind = rest.split("kind=")[1].split(",")[0] if "kind=" in rest else "dot"
+        op = rest.split('op_name="')[1].split('"')[0] if "op_name" in rest else ""
+        op = op.replace("jit(train_step)/", "")
+        kernels.append(f"{name.lstrip('%'):<28} {shape:<16} {kind:<8} {op}")
+    return kernels
+
+
+def hlo_report(nets, batch_size) -> str:
+    """The manual and autodiff steps' kernels, one block per net."""
+    blocks = []
+    for net_name in nets:
+        for grad in train.GRAD_KINDS:
+            kernels = step_kernels(net_name, batch_size, grad)
+            head = f"{'-'.join(map(str, NETS[net_name][0]))} B{batch_size} {grad}"
+            blocks.append(f"{head}: {len(kernels)} kernels\n  " + "\n  ".join(kernels))
+    return "\n\n".join(blocks)
 
 
 # --------------------------------------------------------------------------- driver
@@ -670,6 +721,16 @@ def environment(args, source, n) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.hlo:
+        report = hlo_report(args.nets, HEADLINE_BATCH)
+        print(report)
+        if not args.no_write:
+            stem = "bench_speed_quick" if args.quick else "bench_speed"
+            path = args.out / f"{stem}_hlo.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(report + "\n")
+            print(f"\nwrote {path.name} to {args.out}")
+        return 0
     x_np, y_np, source = load_data(args.data_dir, args.quick)
     print(
         f"data: {source}, {len(x_np):,} examples; JAX {jax.__version__} on "
