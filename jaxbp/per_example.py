@@ -311,6 +311,7 @@ def add_dp_noise(
       ``grads`` plus the noise, same structure and dtypes.
     """
     leaves, treedef = jax.tree.flatten(grads)
+    _check_draw_size(sum(math.prod(g.shape) for g in leaves))
     words = _threefry_words(key)
     noise_std = noise_multiplier * l2_norm_clip / batch_size
     noisy, start = [], 0
@@ -319,7 +320,6 @@ def add_dp_noise(
         noise = _gaussian(words, g.shape, start).astype(g.dtype)
         noisy.append(g + noise_std * noise)
         start += math.prod(g.shape)
-    _check_draw_size(start)
     return jax.tree.unflatten(treedef, noisy)
 
 
