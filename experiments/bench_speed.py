@@ -694,7 +694,7 @@ def plot(rows, path: pathlib.Path) -> bool:
     return True
 
 
-def environment(args, source, n) -> dict:
+def environment(args, source, n, load_at_start) -> dict:
     try:
         import torch
 
@@ -706,7 +706,8 @@ def environment(args, source, n) -> dict:
         "jax_backend": jax.default_backend(),
         "torch": torch_version,
         "torch_threads": args.threads,
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(),
         "data": source,
         "examples": n,
         "repeats": args.repeats,
@@ -721,6 +722,7 @@ def environment(args, source, n) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    load_at_start = os.getloadavg()
     if args.hlo:
         report = hlo_report(args.nets, HEADLINE_BATCH)
         print(report)
@@ -735,7 +737,7 @@ def main(argv=None) -> int:
     print(
         f"data: {source}, {len(x_np):,} examples; JAX {jax.__version__} on "
         f"{jax.default_backend()}, {os.cpu_count()} CPUs; {args.repeats} repeats; "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {load_at_start[0]:.2f}"
     )
     peak = measure_gemm_peak(1024 if args.quick else 2048, 3 if args.quick else 7)
     print(
@@ -784,7 +786,7 @@ def main(argv=None) -> int:
     # --quick never writes over the published results, whatever --out says
     stem = "bench_speed_quick" if args.quick else "bench_speed"
     record = {
-        "environment": environment(args, source, len(x_np)),
+        "environment": environment(args, source, len(x_np), load_at_start),
         "gemm_peak": peak,
         "flops_per_example": {n: flops_per_example(NETS[n][0]) for n in args.nets},
         "rows": rows,
