@@ -8,12 +8,16 @@ the work is done (``block_until_ready`` or a synchronous library), so wall-clock
 around it is the epoch time.
 
 * :func:`make_numpy_epoch`: manual backprop in NumPy, preallocated buffers, ``out=``.
-* :func:`make_torch_epoch`: PyTorch eager, autograd and ``torch.optim.SGD``.
+* :func:`make_torch_epoch`: PyTorch eager, autograd and ``torch.optim.SGD``, or the
+  same with the model compiled by ``torch.compile`` (``compile=True``).
 * :func:`make_scan_epoch`: a bare ``jax.jit`` + ``jax.lax.scan`` epoch written by
   hand (``jax.value_and_grad``, ``tree_map`` SGD), shuffling by permuting indices and
   gathering each batch inside the scan (``shuffle="indices"``), or by gathering the
   whole shuffled training set up front (``shuffle="dataset"``).
 * :func:`make_loop_epoch`: the same step, jitted, called from a Python loop.
+
+:func:`make_gemm_bound_epoch` is not a competitor but the bound: only the matrix
+products of one training step, at the same shapes, scanned over an epoch.
 """
 
 import math
@@ -142,10 +146,13 @@ def make_torch_epoch(
     lr: float = 0.1,
     seed: int = 0,
     threads: int | None = None,
+    compile: bool = False,
 ) -> Epoch:
-    """One epoch in PyTorch eager: ``nn.Linear`` layers, autograd, ``optim.SGD``.
+    """One epoch in PyTorch: ``nn.Linear`` layers, autograd, ``optim.SGD``.
 
-    The shuffle is ``torch.randperm`` per epoch and each batch an index gather.
+    The shuffle is ``torch.randperm`` per epoch and each batch an index gather. With
+    ``compile=True`` the model is ``torch.compile``-d (its forward and, through
+    AOTAutograd, its backward; the optimizer stays eager); the first call compiles.
     """
     import torch
     from torch import nn
@@ -161,6 +168,8 @@ def make_torch_epoch(
             layers.append(act())
     model = nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
+    if compile:
+        model = torch.compile(model)
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     yt = torch.from_numpy(np.asarray(y, np.int64))
     n, b = len(x), batch_size
@@ -301,3 +310,52 @@ def make_loop_epoch(
         carry[:] = [params, key]
 
     return epoch
+
+
+# --------------------------------------------------------------------------- bound
+def make_gemm_bound_epoch(
+    x: jax.Array, sizes: Sequence[int], batch_size: int, *, seed: int = 0
+) -> Epoch:
+    """The matrix products of one training step per batch, scanned over an epoch.
+
+    Per batch ``a_0`` (consecutive rows of ``x``: no shuffle, no gather) it runs
+    exactly the products a training step of this MLP runs, at the same shapes:
+    forward ``z_l = a_{l-1} W_l`` for every layer, weight gradients
+    ``a_{l-1}^T delta_l`` for every layer, backward deltas ``delta_l W_l^T`` for every
+    layer but the first. Nothing else: no bias, activation, loss or shuffle; the
+    output ``z_L`` stands in for ``delta_L`` and each ``z_l`` for ``a_l``. The weight
+    gradients are summed into the scan's carry, the one elementwise pass kept so
+    that XLA cannot drop the products (a training step's update makes the same
+    pass). Its epoch time is the least any implementation of the algorithm can take
+    with these GEMMs on this machine.
+    """
+    rng = np.random.default_rng(seed)
+    # small weights keep the un-activated products near 1 over a whole epoch
+    ws = [
+        jnp.asarray(rng.normal(0, 1 / fan_in, (fan_in, fan_out)), jnp.float32)
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
+    num_batches = x.shape[0] // batch_size
+    depth = len(ws)
+
+    @jax.jit
+    def epoch(ws, x):
+        def body(grads, i):
+            # batch i in place, no copy of the data set
+            acts = [jax.lax.dynamic_slice_in_dim(x, i * batch_size, batch_size)]
+            for w in ws:  # forward: z_l = a_{l-1} W_l
+                acts.append(acts[-1] @ w)
+            delta, new = acts[-1], [None] * depth
+            for l in range(depth - 1, -1, -1):
+                new[l] = grads[l] + acts[l].T @ delta  # weight gradient
+                if l > 0:  # backward delta; none for the input
+                    delta = delta @ ws[l].T
+            return new, None
+
+        zeros = [jnp.zeros_like(w) for w in ws]
+        return jax.lax.scan(body, zeros, jnp.arange(num_batches))[0]
+
+    def run() -> None:
+        jax.block_until_ready(epoch(ws, x))
+
+    return run

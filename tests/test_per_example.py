@@ -4,11 +4,13 @@ import doctest
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.contrib
 import pytest
+import scipy.stats
 
 import jaxbp
 from jaxbp import per_example
@@ -190,7 +192,8 @@ def test_clip_factors():
 def _against_optax(net, params, x, y, noise_multiplier, key):
     """optax's DP aggregate of vmap(grad), and clipped_grad's loss and grads.
 
-    C is the median norm. Also checks ``clipped_grad(method="autodiff")`` against optax.
+    C is the median norm. Also checks ``clipped_grad(method="autodiff")`` against optax
+    without noise, and against the manual path with it.
     """
 
     @jax.jit
@@ -224,7 +227,12 @@ def _against_optax(net, params, x, y, noise_multiplier, key):
     norms, clip, expected, loss, grads, auto = compute(params, x, y)
     assert (norms > clip).sum() >= 2 and (norms < clip).sum() >= 2
     dtype = str(norms.dtype)
-    chex.assert_trees_all_close(auto, expected, **CLOSE[dtype])
+    if noise_multiplier == 0:
+        chex.assert_trees_all_close(auto, expected, **CLOSE[dtype])
+    else:
+        # the autodiff path adds the same float32 noise as the manual one (to an ulp
+        # of float32: the two programs may evaluate the draw's log differently)
+        chex.assert_trees_all_close(auto, grads, **CLOSE["float32"])
     return expected, loss, grads
 
 
@@ -242,14 +250,36 @@ def test_clipped_equals_optax_without_noise(objective, dtype):
         chex.assert_trees_all_close(loss, net.loss(params, x, y), **CLOSE[dtype])
 
 
-def test_clipped_equals_optax_with_noise():
-    # The noise keys are split from `key` as optax splits its state key, so the two
-    # agree noise included.
+def test_noise_matches_optax_convention():
+    # optax draws jax.random.normal leaf by leaf; jaxbp draws gaussian_noise once for
+    # all parameters. The clipped part is equal (tests above); the noise is, leaf for
+    # leaf, sigma C / B times that leaf's slice of gaussian_noise(key) (the draw
+    # itself is tested for being N(0, 1) below), and optax's update is its clipped
+    # mean plus sigma C / B times its own normals.
     with jax.enable_x64(True):
         net, params, x, y = _setup("float64", 2, "relu")
-        key = jax.random.key(3)
-        expected, _, grads = _against_optax(net, params, x, y, 1.3, key)
-        chex.assert_trees_all_close(grads, expected, **CLOSE["float64"])
+        key, sigma = jax.random.key(3), 1.3
+        expected, _, grads = _against_optax(net, params, x, y, sigma, key)
+        clip = float(jnp.median(per_example.per_example_grad_norms(net, params, x, y)))
+        _, clean = per_example.clipped_grad(net, params, x, y, l2_norm_clip=clip)
+        optax_clean = _against_optax(net, params, x, y, 0.0, None)[0]
+        scale = sigma * clip / BATCH
+        draw = np.asarray(per_example.gaussian_noise(key, (net.num_params,)))
+        ours, theirs, start = [], [], 0
+        for g, c, e, oc in zip(
+            *map(jax.tree.leaves, (grads, clean, expected, optax_clean)), strict=True
+        ):
+            leaf_draw = draw[start : start + g.size].reshape(g.shape)
+            ours.append(np.ravel((g - c) / scale))
+            np.testing.assert_allclose(
+                ours[-1], leaf_draw.ravel(), rtol=2e-6, atol=1e-6
+            )
+            theirs.append(np.ravel((e - oc) / scale))
+            start += g.size
+        # both are standard normals at the same scale (59 draws each)
+        for z in (np.concatenate(ours), np.concatenate(theirs)):
+            assert z.size == net.num_params
+            assert abs(z.mean()) < 0.6 and abs(z.std() - 1) < 0.4
 
 
 def test_clipped_equals_numpy_reference():
@@ -311,10 +341,122 @@ def test_noise_statistics():
     all_z = np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(z)])
     assert abs(all_z.mean()) < 4 / np.sqrt(all_z.size)  # ~17,600 draws
     assert abs(all_z.std() - 1) < 0.03
+    assert scipy.stats.kstest(all_z, "norm").pvalue > 1e-3
     # independent across coordinates and leaves: no two share their draws
     z_w, z_b = np.asarray(z[0]["w"]), np.asarray(z[0]["b"])
     for u, v in ((z_w[:, 0, 0], z_w[:, 0, 1]), (z_w[:, 0, 0], z_b[:, 0])):
         assert abs(np.corrcoef(u, v)[0, 1]) < 0.25
+
+
+# --- the noise sampler
+N_DRAW = 200_000
+
+
+@pytest.fixture(scope="module")
+def draws():
+    """Two large draws of gaussian_noise: from key(0) and from a step key of it."""
+    key = jax.random.key(0)
+    first = np.asarray(per_example.gaussian_noise(key, (N_DRAW,)), np.float64)
+    step = per_example.dp_noise_key(key, 1)
+    second = np.asarray(per_example.gaussian_noise(step, (N_DRAW,)), np.float64)
+    return first, second
+
+
+def test_gaussian_noise_is_standard_normal(draws):
+    z = draws[0]
+    se = 1 / np.sqrt(N_DRAW)
+    assert abs(z.mean()) < 5 * se
+    assert abs(z.var() - 1) < 5 * np.sqrt(2) * se
+    assert abs(scipy.stats.skew(z)) < 5 * np.sqrt(6) * se
+    assert abs(scipy.stats.kurtosis(z)) < 5 * np.sqrt(24) * se
+    assert scipy.stats.kstest(z, "norm").pvalue > 1e-3
+    # the tails: P(|z| > 3) = 0.0027, P(|z| > 4) = 6.3e-5, within 5 sigma of binomial
+    for t in (3.0, 4.0):
+        p = 2 * scipy.stats.norm.sf(t)
+        count = np.sum(np.abs(z) > t)
+        assert abs(count - N_DRAW * p) < 5 * np.sqrt(N_DRAW * p) + 1
+    # symmetric: each sign equally often
+    assert abs(np.mean(z > 0) - 0.5) < 5 * se
+
+
+def test_gaussian_noise_is_independent(draws):
+    first, second = draws
+    se = 1 / np.sqrt(N_DRAW)
+    # between steps (keys), and between neighbouring elements of one draw
+    assert abs(np.corrcoef(first, second)[0, 1]) < 5 * se
+    assert abs(np.corrcoef(first[:-1], first[1:])[0, 1]) < 5 * se
+    # no dependence through the magnitudes or signs either
+    assert abs(np.corrcoef(first**2, second**2)[0, 1]) < 5 * se
+    assert abs(np.corrcoef(np.abs(first[:-1]), np.abs(first[1:]))[0, 1]) < 5 * se
+    assert abs(np.mean((first > 0) == (second > 0)) - 0.5) < 5 * se
+    # a chi-square test of independence of consecutive elements' deciles
+    cut = scipy.stats.norm.ppf(np.linspace(0.1, 0.9, 9))
+    table = np.zeros((10, 10))
+    np.add.at(table, (np.digitize(first[:-1], cut), np.digitize(first[1:], cut)), 1)
+    assert scipy.stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_gaussian_noise_fails_a_wrong_sampler():
+    # The statistics above catch a sampler that is not N(0, 1): a uniform of the same
+    # variance has the right mean and variance but not the shape.
+    u = np.asarray(jax.random.uniform(jax.random.key(0), (N_DRAW,)), np.float64)
+    wrong = (u - 0.5) * np.sqrt(12)
+    assert abs(wrong.var() - 1) < 0.02
+    assert scipy.stats.kstest(wrong, "norm").pvalue < 1e-3
+    assert abs(scipy.stats.kurtosis(wrong)) > 5 * np.sqrt(24 / N_DRAW)
+
+
+def test_gaussian_noise_is_a_function_of_key_and_slices():
+    key = jax.random.key(5)
+    a = per_example.gaussian_noise(key, (3, 7))
+    chex.assert_trees_all_equal(a, per_example.gaussian_noise(key, (3, 7)))
+    # another program (jit, another shape) may round the log an ulp apart
+    same = {"rtol": 2e-6, "atol": 1e-7}
+    jitted = jax.jit(per_example.gaussian_noise, static_argnums=1)(key, (3, 7))
+    chex.assert_trees_all_close(a, jitted, **same)
+    # the shape only lays the same sequence out: row-major
+    chex.assert_trees_all_close(
+        a.ravel(), per_example.gaussian_noise(key, (21,)), **same
+    )
+    chex.assert_trees_all_close(
+        a.ravel()[:5], per_example.gaussian_noise(key, (5,)), **same
+    )
+    assert not np.allclose(a, per_example.gaussian_noise(jax.random.key(6), (3, 7)))
+    assert per_example.gaussian_noise(key, (4,), jnp.bfloat16).dtype == jnp.bfloat16
+    # any key implementation works (others are first turned into a threefry key)
+    rbg = per_example.gaussian_noise(jax.random.key(5, impl="rbg"), (1000,))
+    assert abs(float(rbg.std()) - 1) < 0.1
+
+
+def test_gaussian_noise_too_large():
+    with pytest.raises(ValueError, match="fewer than 2\\^32"):
+        per_example.gaussian_noise(jax.random.key(0), (2**16, 2**16))
+
+
+def test_fold_in_is_jax_fold_in():
+    # dp_noise_key hashes with the unrolled Threefry: it must be jax.random.fold_in
+    key = jax.random.key(11)
+    for data in (0, 1, 12345, 2**31 - 1, np.uint32(2**32 - 1), jnp.int32(7)):
+        chex.assert_trees_all_equal(
+            jax.random.key_data(per_example._fold_in(key, data)),
+            jax.random.key_data(jax.random.fold_in(key, data)),
+        )
+    expected = jax.random.fold_in(jax.random.fold_in(key, 0x44505347), 9)
+    chex.assert_trees_all_equal(
+        jax.random.key_data(per_example.dp_noise_key(key, 9)),
+        jax.random.key_data(expected),
+    )
+
+
+def test_threefry_is_jax_threefry():
+    # the unrolled hash is JAX's Threefry-2x32
+    key = jax.random.key(42)
+    words = jax.random.key_data(key)
+    count = jnp.arange(10, dtype=jnp.uint32)
+    x1, x2 = per_example._threefry2x32(words[0], words[1], count[:5], count[5:])
+    chex.assert_trees_all_equal(
+        jnp.concatenate([x1, x2]), jax.extend.random.threefry_2x32(words, count)
+    )
 
 
 def test_noise_is_deterministic_in_key():
