@@ -194,43 +194,11 @@ def flops_per_example(sizes) -> dict:
     }
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU seconds every process on the machine has used so far (Linux), else None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class OtherLoad:
-    """Cores that *other* processes kept busy over an interval (``None`` if unknown).
-
-    ``/proc/stat`` busy time minus this process's CPU time, over the wall time.
-    """
-
-    def __enter__(self):
-        self.busy, self.own = _busy_cpu_s(), time.process_time()
-        self.wall = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        busy = _busy_cpu_s()
-        wall = time.perf_counter() - self.wall
-        if busy is None or self.busy is None or wall <= 0:
-            self.cores = None
-        else:
-            own = time.process_time() - self.own
-            self.cores = max(0.0, (busy - self.busy - own) / wall)
-
-
 def wait_for_quiet(max_wait_s: float, threshold: float = BUSY_CORES) -> float:
     """Waits up to ``max_wait_s`` until other processes use < ``threshold`` cores."""
     start = time.perf_counter()
     while time.perf_counter() - start < max_wait_s:
-        with OtherLoad() as load:
+        with _common.OtherLoad() as load:
             time.sleep(0.25)
         if load.cores is None or load.cores < threshold:
             break
@@ -457,7 +425,7 @@ def bench_config(args, data, net_name, batch_size, peak, wanted) -> tuple[list, 
         for name, epoch in competitors.items():
             for attempt in range(1 + MAX_RETRIES):
                 time.sleep(0.05)  # let the previous library's worker threads go idle
-                with OtherLoad() as load:
+                with _common.OtherLoad() as load:
                     start = time.perf_counter()
                     epoch()
                     elapsed = time.perf_counter() - start
