@@ -12,7 +12,14 @@ interactive hints and keeps table rows whole.
 import html
 import re
 
-from jaxbp.explainer.text import fmt, fmt_factor, fmt_values, loss_numbers, paren
+from jaxbp.explainer.text import (
+    fmt,
+    fmt_factor,
+    fmt_values,
+    loss_numbers,
+    paren,
+    path_sum,
+)
 from jaxbp.explainer.trace import Trace
 
 _NAME = re.compile(r"\b([A-Za-z])(\d+)\b")
@@ -577,11 +584,7 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
             '<th class="n">with the numbers</th><th class="n">value</th></tr>'
         )
         for u in layer.units:
-            symbolic = " + ".join(f"dE/d{p.via}·{p.weight}" for p in u.paths)
-            numbers = " + ".join(
-                f"{fmt_factor(p.delta, d)}·{fmt_factor([p.weight_value], d)}"
-                for p in u.paths
-            )
+            symbolic, numbers = path_sum(u, d)
             out.append(
                 _row(
                     math(f"dE/d{u.name}"),

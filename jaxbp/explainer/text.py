@@ -49,6 +49,16 @@ def fmt_factor(values, digits: int) -> str:
     return f"({text})" if text.startswith("-") else text
 
 
+def path_sum(unit: Unit, digits: int) -> tuple[str, str]:
+    """``dE/dh`` of a hidden unit as a sum over paths: the symbols and the numbers."""
+    symbolic = " + ".join(f"dE/d{p.via}·{p.weight}" for p in unit.paths)
+    numbers = " + ".join(
+        f"{fmt_factor(p.delta, digits)}·{fmt_factor([p.weight_value], digits)}"
+        for p in unit.paths
+    )
+    return symbolic, numbers
+
+
 def paren(formula: str) -> str:
     """``formula`` in parentheses where a product would misread it.
 
@@ -261,11 +271,7 @@ def _backward(lines: list[str], trace: Trace, d: int) -> None:
             f"  hidden layer {layer.index}: sum over paths, one term per unit it feeds"
         )
         for u in layer.units:
-            symbolic = " + ".join(f"dE/d{p.via}·{p.weight}" for p in u.paths)
-            numbers = " + ".join(
-                f"{fmt_factor(p.delta, d)}·{fmt_factor([p.weight_value], d)}"
-                for p in u.paths
-            )
+            symbolic, numbers = path_sum(u, d)
             lines.append(
                 f"  dE/d{u.name} = {symbolic} = {numbers} = {fmt_values(u.dE_da, d)}"
             )
