@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src import api as jax_api
-from jax._src.interpreters import ad as jax_ad
+from layer_harness import AutodiffCalled, forbid_autodiff
 
 import jaxbp
 from jaxbp import backward
@@ -42,68 +41,6 @@ def _batch(net, dtype, targets, seed=0):
     if targets == "labels":
         return x, jnp.asarray(labels, jnp.int32)
     return x, jnp.asarray(rng.uniform(0.05, 0.95, size=(BATCH, net.sizes[-1])), dtype)
-
-
-# --- no autodiff ----------------------------------------------------------------
-_PUBLIC = (
-    "grad",
-    "value_and_grad",
-    "vjp",
-    "jvp",
-    "linearize",
-    "linear_transpose",
-    "jacfwd",
-    "jacrev",
-    "hessian",
-    "custom_vjp",
-    "custom_jvp",
-    "checkpoint",
-)
-_API = ("grad", "value_and_grad", "vjp", "jvp", "linearize", "_vjp", "_jvp")
-# The transformation entry points of jax._src.interpreters.ad: every forward- or
-# reverse-mode derivative, whichever public function asked for it, goes through a
-# JVPTrace or LinearizeTrace and (for reverse mode) backward_pass.
-_AD = (
-    "jvp",
-    "linearize",
-    "linearize_jaxpr",
-    "jvp_jaxpr",
-    "backward_pass",
-    "closed_backward_pass",
-    "linear_transpose",
-    "vjp",
-)
-
-
-class AutodiffCalled(AssertionError):
-    """Raised by a patched autodiff entry point."""
-
-
-def _forbidden(name):
-    def raiser(*args, **kwargs):
-        raise AutodiffCalled(f"manual backward pass reached autodiff: {name}")
-
-    return raiser
-
-
-def _forbid_autodiff(monkeypatch) -> list[str]:
-    """Replaces every autodiff entry point that can be found by one that raises."""
-    patched = []
-    for module, prefix, names in (
-        (jax, "jax", _PUBLIC),
-        (jax_api, "jax._src.api", _API),
-        (jax_ad, "jax._src.interpreters.ad", _AD),
-        (jax.interpreters.ad, "jax.interpreters.ad", ("jvp", "linearize")),
-    ):
-        for name in names:
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, _forbidden(f"{prefix}.{name}"))
-                patched.append(f"{prefix}.{name}")
-    for cls in (jax_ad.JVPTrace, jax_ad.LinearizeTrace):
-        name = f"jax._src.interpreters.ad.{cls.__name__}"
-        monkeypatch.setattr(cls, "__init__", _forbidden(name))
-        patched.append(name)
-    return patched
 
 
 _NETS = [
@@ -134,7 +71,7 @@ def test_manual_grad_uses_no_autodiff(net, monkeypatch):
     original_grad = jax.grad
     expected_value, expected = jax.value_and_grad(net.loss)(params, x, y)
 
-    patched = _forbid_autodiff(monkeypatch)
+    patched = forbid_autodiff(monkeypatch)
     assert "jax._src.interpreters.ad.backward_pass" in patched
     assert "jax._src.interpreters.ad.JVPTrace" in patched
 
@@ -160,7 +97,7 @@ def test_manual_grad_uses_no_autodiff_float64(monkeypatch):
         params = _params(net, "float64")
         x, y = _batch(net, "float64", "float")
         expected = jax.grad(net.loss)(params, x, y)
-        _forbid_autodiff(monkeypatch)
+        forbid_autodiff(monkeypatch)
         manual = net.manual_grad(params, x, y)
         jitted = jax.jit(lambda p, xx, yy: net.manual_grad(p, xx, yy))(params, x, y)
         chex.assert_trees_all_close(manual, expected, rtol=1e-10, atol=1e-14)
@@ -172,7 +109,7 @@ def test_backward_functions_use_no_autodiff(monkeypatch):
     params = _params(net, "float32")
     x, y = _batch(net, "float32", "float")
     expected_dx = jax.grad(net.loss, argnums=1)(params, x, y)
-    _forbid_autodiff(monkeypatch)
+    forbid_autodiff(monkeypatch)
     cache = backward.forward_pass(params, x, net.hidden, net.output)
     delta_out = backward.output_delta(cache, y, net.output, net.loss_fn) / BATCH
     deltas = backward.backward_deltas(params, cache, delta_out, net.hidden)

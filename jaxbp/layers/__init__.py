@@ -1,0 +1,25 @@
+"""Layers, each a frozen spec with a pure forward and a hand-derived backward.
+
+See :mod:`jaxbp.layers.base` for the protocol every layer follows and the chain rule
+that composes them (:func:`chain_forward`, :func:`chain_backward`).
+"""
+
+from jaxbp.layers.base import Layer
+from jaxbp.layers.base import LayerShapeError
+from jaxbp.layers.base import chain_backward
+from jaxbp.layers.base import chain_forward
+from jaxbp.layers.base import chain_output_shapes
+from jaxbp.layers.dense import Dense
+from jaxbp.layers.elementwise import Activation
+from jaxbp.layers.elementwise import Flatten
+
+__all__ = (
+    "Activation",
+    "Dense",
+    "Flatten",
+    "Layer",
+    "LayerShapeError",
+    "chain_backward",
+    "chain_forward",
+    "chain_output_shapes",
+)
