@@ -7,8 +7,13 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.activations`` and ``jaxbp.losses``: each function with its hand-derived
   derivative;
 * ``jaxbp.backward``: the delta rule on a forward cache;
+* ``jaxbp.layers``: Dense, Activation, Conv2D, pooling, normalisation, Dropout,
+  Residual and reshaping layers, each with a pure forward and a hand-derived
+  backward, and the chain rule that composes them;
 * ``jaxbp.mlp``: :class:`MLP`, the network spec with ``init``, ``forward``, ``loss``
   and ``manual_grad``;
+* ``jaxbp.sequential``: :class:`Sequential`, any chain of layers with the same
+  methods as ``MLP`` (plus state and keys for BatchNorm and Dropout);
 * ``jaxbp.finite_differences``: difference quotients with their error budget and
   kink detection;
 * ``jaxbp.gradcheck``: any hand-derived gradient of any pytree against ``jax.grad``
@@ -37,11 +42,13 @@ from jaxbp import data
 from jaxbp import explainer
 from jaxbp import finite_differences
 from jaxbp import gradcheck
+from jaxbp import layers
 from jaxbp import losses
 from jaxbp import mlp
 from jaxbp import optim
 from jaxbp import parallel
 from jaxbp import per_example
+from jaxbp import sequential
 from jaxbp import train
 from jaxbp import validation
 from jaxbp.activations import ACTIVATIONS
@@ -69,6 +76,7 @@ from jaxbp.losses import LOSSES
 from jaxbp.losses import Loss
 from jaxbp.losses import get_loss
 from jaxbp.mlp import MLP
+from jaxbp.sequential import Sequential
 from jaxbp.optim import make_optimizer
 from jaxbp.per_example import clipped_grad
 from jaxbp.per_example import per_example_grad_norms
@@ -91,6 +99,7 @@ __all__ = (
     "LOSSES",
     "Loss",
     "MLP",
+    "Sequential",
     "TrainConfig",
     "TrainSetup",
     "Trace",
@@ -115,6 +124,7 @@ __all__ = (
     "get_loss",
     "gradcheck",
     "init_train_state",
+    "layers",
     "load_checkpoint",
     "load_dataset",
     "load_params",
@@ -132,6 +142,7 @@ __all__ = (
     "per_example_grad_norms",
     "per_example_grads",
     "save_checkpoint",
+    "sequential",
     "to_float",
     "train",
     "validation",

@@ -19,15 +19,19 @@ and the parameter gradients are ``dL/dW_l = a_{l-1}^T delta_l`` and
 ``dL/db_l = sum_batch delta_l``.
 
 The functions here work on a :class:`ForwardCache` (every ``a`` and ``z`` of one forward
-pass) and know nothing of :class:`jaxbp.MLP`, which composes them.
+pass) and know nothing of :class:`jaxbp.MLP`, which composes them. The dense and
+activation steps are the layer functions of :mod:`jaxbp.layers` (:func:`dense`,
+:func:`dense_param_grads`, :func:`dense_input_grad`, :func:`activation_backward`):
+one delta rule for the MLP and for :class:`jaxbp.Sequential` networks.
 """
 
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxbp.activations import Activation
+from jaxbp.layers.dense import dense, dense_input_grad, dense_param_grads
+from jaxbp.layers.elementwise import activation_backward
 from jaxbp.losses import Loss
 
 Array = jax.Array
@@ -64,9 +68,7 @@ def forward_pass(
     a, zs, acts = x, [], [x]
     last = len(params) - 1
     for l, layer in enumerate(params):
-        # z_l = a_{l-1} W_l + b_l; the bias row is broadcast explicitly, so the pass
-        # also runs with jax_numpy_rank_promotion="raise".
-        z = a @ layer["w"] + layer["b"][None, :]
+        z = dense(layer, a)  # z_l = a_{l-1} W_l + b_l
         a = (output if l == last else hidden).fn(z)  # a_l = f_l(z_l)
         zs.append(z)
         acts.append(a)
@@ -89,9 +91,7 @@ def output_delta(cache: ForwardCache, targets: Array, output: Activation, loss: 
     # delta_L = dl/da_L * f_L'(z_L); with the fused softmax cross-entropy (identity
     # output) grad_out is already dl/dz_L = softmax(z_L) - y.
     delta = loss.grad_out(cache.a[-1], targets)
-    if output.name != "identity":
-        delta = delta * output.deriv(cache.z[-1], cache.a[-1])
-    return delta
+    return activation_backward(output.name, cache.z[-1], cache.a[-1], delta)
 
 
 def backward_deltas(
@@ -111,8 +111,10 @@ def backward_deltas(
     deltas = [delta_out]
     for l in range(len(params) - 1, 0, -1):
         # delta_{l-1} = (delta_l W_l^T) * f'(z_{l-1})
-        back = deltas[0] @ params[l]["w"].T
-        deltas.insert(0, back * hidden.deriv(cache.z[l - 1], cache.a[l]))
+        back = dense_input_grad(params[l], deltas[0])
+        deltas.insert(
+            0, activation_backward(hidden.name, cache.z[l - 1], cache.a[l], back)
+        )
     return deltas
 
 
@@ -128,11 +130,11 @@ def grads_from_deltas(cache: ForwardCache, deltas: list[Array]) -> Params:
     """
     return [
         # dL/dW_l = a_{l-1}^T delta_l ;  dL/db_l = sum_i delta_l[i]
-        {"w": a_prev.T @ delta, "b": jnp.sum(delta, axis=0)}
+        dense_param_grads(a_prev, delta)
         for a_prev, delta in zip(cache.a[:-1], deltas, strict=True)
     ]
 
 
 def input_grad(params: Params, deltas: list[Array]) -> Array:
     """The input gradient ``dL/dx = delta_1 W_1^T``, shaped ``(B, n_0)``."""
-    return deltas[0] @ params[0]["w"].T
+    return dense_input_grad(params[0], deltas[0])

@@ -97,22 +97,45 @@ def check_inputs(net: "MLP", params: "Params", x: Array) -> Array:
         parameters.
     """
     check_params(net, params)
+    return check_x(x, (net.sizes[0],), jnp.result_type(params[0]["w"]))
+
+
+def check_x(x: Array, input_shape: tuple[int, ...], param_dtype) -> Array:
+    """Checks a batch of inputs against a per-example shape and the parameters' dtype.
+
+    Args:
+      x: inputs ``(B, *input_shape)``, floating point.
+      input_shape: the per-example shape the network takes.
+      param_dtype: the dtype of the parameters.
+
+    Returns:
+      ``x`` as a ``jax.Array`` of ``param_dtype``.
+
+    Raises:
+      ValueError: if ``x`` is not ``(B, *input_shape)``.
+      TypeError: if ``x`` is not floating point, or is more precise than the
+        parameters.
+    """
     shape = tuple(jnp.shape(x))
-    if len(shape) != 2:
-        raise ValueError(
-            f"x must be a 2-D batch (batch, {net.sizes[0]}), got shape {shape}"
-        )
-    if shape[1] != net.sizes[0]:
-        raise ValueError(
-            f"x has {shape[1]} features but the first layer expects {net.sizes[0]}"
-        )
+    if len(input_shape) == 1:
+        if len(shape) != 2:
+            raise ValueError(
+                f"x must be a 2-D batch (batch, {input_shape[0]}), got shape {shape}"
+            )
+        if shape[1] != input_shape[0]:
+            raise ValueError(
+                f"x has {shape[1]} features but the first layer expects "
+                f"{input_shape[0]}"
+            )
+    elif len(shape) != len(input_shape) + 1 or shape[1:] != tuple(input_shape):
+        want = ", ".join(["batch", *map(str, input_shape)])
+        raise ValueError(f"x must be a batch ({want}), got shape {shape}")
     x_dtype = jnp.result_type(x)
     if not jnp.issubdtype(x_dtype, jnp.floating):
         raise TypeError(
             f"x has dtype {x_dtype}; inputs must be floating point (scale uint8 "
             "images to [0, 1] with jaxbp.data.to_float)"
         )
-    param_dtype = jnp.result_type(params[0]["w"])
     if jnp.promote_types(x_dtype, param_dtype) != param_dtype:
         raise TypeError(
             f"x has dtype {x_dtype} but the parameters are {param_dtype}: casting x "
@@ -150,7 +173,22 @@ def check_batch(
       TypeError: on a wrong dtype.
     """
     x = check_inputs(net, params, x)
-    num_out = net.sizes[-1]
+    return x, check_targets(y, x, net.sizes[-1])
+
+
+def check_targets(y: Array, x: Array, num_out: int) -> Array:
+    """Checks labels or targets against a checked batch ``x``; returns float targets.
+
+    Args:
+      y: integer labels ``(B,)`` in ``[0, num_out)`` or float targets
+        ``(B, num_out)``.
+      x: the checked inputs (for the batch size and the dtype).
+      num_out: the network's number of outputs.
+
+    Returns:
+      Float targets ``(B, num_out)`` in ``x``'s dtype (labels made one-hot; a label
+      out of range, under ``jit``, a row of NaN).
+    """
     y_shape = tuple(jnp.shape(y))
     y_dtype = jnp.result_type(y)
     if y_shape[:1] != x.shape[:1]:
@@ -184,4 +222,4 @@ def check_batch(
         raise ValueError(
             f"y must be labels (batch,) or targets (batch, {num_out}), got {y_shape}"
         )
-    return x, prepare_targets(jnp.asarray(y), num_out, x.dtype)
+    return prepare_targets(jnp.asarray(y), num_out, x.dtype)

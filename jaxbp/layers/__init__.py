@@ -12,6 +12,8 @@ from jaxbp.layers.base import chain_output_shapes
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.elementwise import Activation
 from jaxbp.layers.elementwise import Flatten
+from jaxbp.layers.elementwise import Reshape
+from jaxbp.layers.residual import Residual
 
 __all__ = (
     "Activation",
@@ -19,6 +21,8 @@ __all__ = (
     "Flatten",
     "Layer",
     "LayerShapeError",
+    "Reshape",
+    "Residual",
     "chain_backward",
     "chain_forward",
     "chain_output_shapes",

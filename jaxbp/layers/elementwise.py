@@ -1,4 +1,5 @@
-"""Layers without parameters that reshape or act elementwise: Activation, Flatten.
+"""Layers without parameters that reshape or act elementwise: Activation, Flatten,
+Reshape.
 
 ``Activation(name)`` applies one of :mod:`jaxbp.activations` and carries the cotangent
 back through its hand-derived derivative, ``dL/dz = dL/da * f'(z)``; ``Flatten``
@@ -11,7 +12,7 @@ import math
 import jax
 
 from jaxbp.activations import get_activation
-from jaxbp.layers.base import Shape
+from jaxbp.layers.base import LayerShapeError, Shape, shape_str
 
 Array = jax.Array
 
@@ -82,4 +83,50 @@ class Flatten:
 
     def backward(self, params, cache, dy):
         # dL/dx is dL/dy laid back out in the input's shape.
+        return {}, dy.reshape(cache.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reshape:
+    """Reshapes each example to ``shape``, e.g. flat MNIST ``(B, 784)`` to images
+    ``(B, 28, 28, 1)`` before a :class:`~jaxbp.layers.Conv2D`.
+
+    Args:
+      shape: the per-example output shape; its size must equal the input's.
+    """
+
+    shape: tuple[int, ...]
+
+    def __post_init__(self):
+        shape = tuple(self.shape)
+        if not shape or any(
+            isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
+        ):
+            raise ValueError(
+                f"Reshape shape must be positive integers, got {self.shape!r}"
+            )
+        object.__setattr__(self, "shape", shape)
+
+    def __str__(self) -> str:
+        return f"Reshape({', '.join(map(str, self.shape))})"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if math.prod(input_shape) != math.prod(self.shape):
+            raise LayerShapeError(
+                f"cannot reshape {shape_str(input_shape)} "
+                f"({math.prod(input_shape)} values per example) to "
+                f"{shape_str(self.shape)} ({math.prod(self.shape)})"
+            )
+        return self.shape
+
+    def init(self, key: Array, input_shape: Shape, dtype) -> dict:
+        return {}
+
+    def init_state(self, input_shape: Shape, dtype) -> dict:
+        return {}
+
+    def forward(self, params, x, *, state=None, key=None, train=False):
+        return x.reshape(x.shape[0], *self.shape), x, state
+
+    def backward(self, params, cache, dy):
         return {}, dy.reshape(cache.shape)

@@ -1,0 +1,213 @@
+"""``jaxbp.Sequential``: the delta rule through any chain of layers.
+
+The manual gradient of the loss equals ``jax.grad`` (float64 tight, float32 loose)
+for several architectures; a Sequential of Dense and Activation layers is exactly the
+MLP; no autodiff runs inside; a wrong architecture is an error when the network is
+built, naming the layer.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from layer_harness import AutodiffCalled, forbid_autodiff, max_rel_error
+
+import jaxbp
+from jaxbp import layers as L
+
+BATCH = 5
+
+NETS = {
+    "dense-tanh": jaxbp.Sequential(
+        [L.Dense(5), L.Activation("tanh"), L.Dense(3)], input_shape=(4,)
+    ),
+    "reshape-flatten-sigmoid-mse": jaxbp.Sequential(
+        [
+            L.Reshape((2, 3)),
+            L.Activation("softplus"),
+            L.Flatten(),
+            L.Dense(2, weight_init="glorot"),
+            L.Activation("sigmoid"),
+        ],
+        input_shape=(6,),
+        objective="mse",
+    ),
+    "residual": jaxbp.Sequential(
+        [
+            L.Dense(4),
+            L.Residual([L.Dense(4), L.Activation("relu"), L.Dense(4)]),
+            L.Activation("elu"),
+            L.Residual(L.Dense(4)),
+            L.Dense(3),
+        ],
+        input_shape=(3,),
+    ),
+}
+
+
+def _batch(net, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(BATCH, *net.input_shape)), dtype)
+    if net.objective == "softmax_cross_entropy":
+        y = jnp.asarray(rng.integers(0, net.num_outputs, size=BATCH), jnp.int32)
+    else:
+        y = jnp.asarray(rng.uniform(size=(BATCH, net.num_outputs)), dtype)
+    return x, y
+
+
+def _params(net, dtype, seed=0):
+    params = net.init(jax.random.key(seed), dtype=dtype)
+    leaves, treedef = jax.tree.flatten(params)
+    rng = np.random.default_rng(seed + 1)
+    leaves = [
+        leaf + jnp.asarray(0.1 * rng.normal(size=leaf.shape), dtype) for leaf in leaves
+    ]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_manual_grad_equals_jax_grad_float64(name):
+    net = NETS[name]
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        x, y = _batch(net, jnp.float64)
+        value, grads = net.value_and_manual_grad(params, x, y)
+        ref_value, ref = jax.value_and_grad(net.loss)(params, x, y)
+        assert max_rel_error(grads, ref) <= 1e-10
+        np.testing.assert_allclose(value, ref_value, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_manual_grad_equals_jax_grad_float32(name):
+    net = NETS[name]
+    params = _params(net, jnp.float32)
+    x, y = _batch(net, jnp.float32)
+    grads = jax.jit(net.manual_grad)(params, x, y)
+    ref = jax.jit(jax.grad(net.loss))(params, x, y)
+    assert max_rel_error(grads, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_manual_grad_uses_no_autodiff(name, monkeypatch):
+    net = NETS[name]
+    params = _params(net, jnp.float32)
+    x, y = _batch(net, jnp.float32)
+    want = jax.grad(net.loss)(params, x, y)
+    forbid_autodiff(monkeypatch)
+    with pytest.raises(AutodiffCalled):
+        jax.grad(net.loss)(params, x, y)
+    got = jax.jit(lambda p: net.manual_grad(p, x, y))(params)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_sequential_of_dense_and_activation_is_the_mlp():
+    mlp = jaxbp.MLP((4, 6, 5, 3), activation="relu")
+    net = jaxbp.Sequential(
+        [
+            L.Dense(6),
+            L.Activation("relu"),
+            L.Dense(5),
+            L.Activation("relu"),
+            L.Dense(3),
+        ],
+        input_shape=(4,),
+    )
+    params = mlp.init(jax.random.key(1))
+    seq_params = [params[0], {}, params[1], {}, params[2]]
+    x, y = _batch(net, jnp.float32)
+    value, grads = jax.jit(net.value_and_manual_grad)(seq_params, x, y)
+    mlp_value, mlp_grads = jax.jit(mlp.value_and_manual_grad)(params, x, y)
+    np.testing.assert_array_equal(value, mlp_value)
+    chex.assert_trees_all_equal([grads[0], grads[2], grads[4]], mlp_grads)
+    _, deltas = net.deltas(seq_params, x, net.check_batch(seq_params, x, y)[1])
+    _, mlp_deltas = mlp.deltas(params, x, mlp.check_batch(params, x, y)[1])
+    chex.assert_trees_all_close([deltas[0], deltas[2], deltas[4]], mlp_deltas)
+
+
+def test_residual_backward_sums_both_paths():
+    # y = x + W x: dL/dx = dy + dy W^T exactly.
+    layer = L.Residual(L.Dense(3))
+    params = [{"w": jnp.eye(3) * 2.0, "b": jnp.zeros(3)}]
+    x = jnp.ones((1, 3))
+    y, cache, _ = layer.forward(params, x)
+    np.testing.assert_array_equal(y, 3.0 * x)
+    _, dx = layer.backward(params, cache, jnp.ones((1, 3)))
+    np.testing.assert_array_equal(dx, jnp.full((1, 3), 3.0))
+
+
+def test_loss_and_state_is_the_has_aux_form():
+    net = NETS["residual"]
+    params = _params(net, jnp.float32)
+    x, y = _batch(net, jnp.float32)
+    state = net.init_state()
+    (value, new_state), grads = net.value_and_manual_grad_with_state(
+        params, x, y, state=state
+    )
+    (ref_value, ref_state), ref = jax.value_and_grad(net.loss_and_state, has_aux=True)(
+        params, x, y, state=state
+    )
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    chex.assert_trees_all_close(grads, ref, rtol=1e-4, atol=1e-6)
+    assert jax.tree.structure(new_state) == jax.tree.structure(ref_state)
+
+
+# --- a wrong architecture is found when the network is built ---------------------
+def test_dense_after_an_image_names_the_layer_and_the_fix():
+    with pytest.raises(
+        L.LayerShapeError,
+        match=r"layer 2 Dense\(500\): expects \(B, n\) inputs, got \(B, 4, 4, 3\); "
+        r"add Flatten\(\) before it",
+    ):
+        jaxbp.Sequential([L.Reshape((4, 4, 3)), L.Dense(500)], input_shape=(48,))
+
+
+def test_output_must_be_a_vector():
+    with pytest.raises(L.LayerShapeError, match=r"output is \(B, 2, 3\)"):
+        jaxbp.Sequential([L.Reshape((2, 3))], input_shape=(6,))
+
+
+def test_residual_block_must_keep_the_shape():
+    with pytest.raises(
+        L.LayerShapeError,
+        match=r"layer 2 Residual\(Dense\(5\)\): its block maps \(B, 4\) to \(B, 5\)",
+    ):
+        jaxbp.Sequential([L.Dense(4), L.Residual(L.Dense(5))], input_shape=(3,))
+
+
+def test_softmax_cross_entropy_after_an_activation_is_refused():
+    with pytest.raises(ValueError, match="takes the raw logits"):
+        jaxbp.Sequential([L.Dense(3), L.Activation("sigmoid")], input_shape=(2,))
+
+
+def test_not_a_layer_is_named():
+    with pytest.raises(TypeError, match="Sequential layer 2 is 'relu', not a layer"):
+        jaxbp.Sequential([L.Dense(3), "relu"], input_shape=(2,))
+
+
+def test_wrong_params_name_the_layer():
+    net = NETS["dense-tanh"]
+    params = net.init(jax.random.key(0))
+    params[2] = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    with pytest.raises(ValueError, match=r"params\[2\]\['w'\] for layer 3 of 3"):
+        net.loss(params, *_batch(net, jnp.float32))
+
+
+def test_wrong_input_shape_is_named():
+    net = jaxbp.Sequential(
+        [L.Reshape((2, 2, 1)), L.Flatten(), L.Dense(2)], input_shape=(2, 2, 1)
+    )
+    params = net.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"x must be a batch \(batch, 2, 2, 1\)"):
+        net.forward(params, jnp.ones((3, 4)))
+
+
+def test_specs_are_hashable_and_static_under_jit():
+    net = NETS["residual"]
+    assert hash(net) == hash(jaxbp.Sequential(net.layers, input_shape=(3,)))
+    params = _params(net, jnp.float32)
+    x, y = _batch(net, jnp.float32)
+    step = jax.jit(jaxbp.Sequential.manual_grad, static_argnums=0)
+    chex.assert_trees_all_close(
+        step(net, params, x, y), net.manual_grad(params, x, y), rtol=1e-5
+    )
