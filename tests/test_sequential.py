@@ -211,3 +211,58 @@ def test_specs_are_hashable_and_static_under_jit():
     chex.assert_trees_all_close(
         step(net, params, x, y), net.manual_grad(params, x, y), rtol=1e-5
     )
+
+
+# --- check_gradients names the layer whose backward is wrong ----------------------
+class _HalfInputGrad(L.Activation):
+    """An activation whose backward halves the input cotangent: a planted bug."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        return grads, 0.5 * dx
+
+
+class _ScaledWeightGrad(L.Dense):
+    """A dense layer whose weight gradient is 10% too large: a planted bug."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        return {**grads, "w": 1.1 * grads["w"]}, dx
+
+
+def test_check_gradients_passes_a_correct_sequential():
+    net = NETS["residual"]
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+    assert report.passed, str(report)
+    assert report.first_failing_layer is None
+    assert "agrees at the output of every layer" in report.notes[-1]
+
+
+def test_check_gradients_names_a_wrong_input_cotangent():
+    net = jaxbp.Sequential(
+        [L.Dense(4), _HalfInputGrad("tanh"), L.Dense(4), L.Activation("tanh"),
+         L.Dense(3)],
+        input_shape=(3,),
+    )  # fmt: skip
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+    assert not report.passed
+    assert report.first_failing_layer == 2
+    assert "the backward of layer 2 of 5, Activation(tanh)" in report.notes[-1]
+
+
+def test_check_gradients_names_a_wrong_parameter_gradient():
+    net = jaxbp.Sequential(
+        [L.Dense(4), L.Activation("tanh"), _ScaledWeightGrad(4),
+         L.Activation("tanh"), L.Dense(3)],
+        input_shape=(3,),
+    )  # fmt: skip
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+    assert not report.passed
+    assert report.first_failing_layer == 3
+    assert "layer 3 of 5, Dense(4) (params[2]: [2]['w'])" in report.notes[-1]
