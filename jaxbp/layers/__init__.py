@@ -12,13 +12,19 @@ from jaxbp.layers.base import chain_output_shapes
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.elementwise import Activation
 from jaxbp.layers.elementwise import Flatten
+from jaxbp.layers.norm import BatchNorm
+from jaxbp.layers.norm import LayerNorm
+from jaxbp.layers.norm import batchnorm_backward_stepwise
 
 __all__ = (
     "Activation",
+    "BatchNorm",
     "Dense",
     "Flatten",
     "Layer",
+    "LayerNorm",
     "LayerShapeError",
+    "batchnorm_backward_stepwise",
     "chain_backward",
     "chain_forward",
     "chain_output_shapes",
