@@ -10,6 +10,7 @@ from jaxbp.layers.base import chain_backward
 from jaxbp.layers.base import chain_forward
 from jaxbp.layers.base import chain_output_shapes
 from jaxbp.layers.dense import Dense
+from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.elementwise import Activation
 from jaxbp.layers.elementwise import Flatten
 from jaxbp.layers.norm import BatchNorm
@@ -20,6 +21,7 @@ __all__ = (
     "Activation",
     "BatchNorm",
     "Dense",
+    "Dropout",
     "Flatten",
     "Layer",
     "LayerNorm",
