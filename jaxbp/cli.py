@@ -734,15 +734,28 @@ def run_explain(args) -> int:
             output_format=args.format,
             digits=args.digits,
         )
-        if args.out is not None:
-            write_atomically(args.out, output.encode())
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(str(e)) from None
     if args.out is None:
         sys.stdout.write(output)
     else:
+        try:
+            write_atomically(args.out, output.encode())
+        except OSError as e:
+            raise UsageError(_cannot_write(args.out, e)) from None
         print(f"wrote {args.out}")
     return 0 if ok else 1
+
+
+def _cannot_write(path: pathlib.Path, error: OSError) -> str:
+    """Why ``--out`` was not written, naming it rather than the temporary file."""
+    if path.is_dir():
+        return f"--out {path} is a folder; name a file in it, e.g. {path / 'step.html'}"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"--out {path}: {path.parent} is a file, not a folder"
+    if not path.parent.exists():
+        return f"--out {path}: the folder {path.parent} does not exist"
+    return f"--out {path}: cannot write the file ({error.strerror or error})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
