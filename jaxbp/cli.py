@@ -758,6 +758,20 @@ def _cannot_write(path: pathlib.Path, error: OSError) -> str:
     return f"--out {path}: cannot write the file ({error.strerror or error})"
 
 
+def _with_dash_value_hint(message: str, argv: Sequence[str]) -> str:
+    """argparse's error for ``--x -1,2`` (a value read as a flag), with the fix."""
+    missing = re.fullmatch(r"argument (--[\w-]+): expected one argument", message)
+    if missing:
+        flag = missing[1]
+        for given, value in zip(argv, argv[1:], strict=False):
+            if len(given) > 2 and flag.startswith(given) and re.match(r"-\.?\d", value):
+                return (
+                    f"{message}; to pass a value that starts with '-', join it to the "
+                    f"flag: write {flag}={value}"
+                )
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxbp`` console script and ``python -m jaxbp``.
 
@@ -766,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     advice keep their lines. Exit status 2 for bad flags, 1 for other errors, 130
     when interrupted.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     prog = parser.prog
     try:
@@ -775,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
         return args.func(args)
     except UsageError as e:
-        _print_error(e.prog or prog, str(e))
+        _print_error(e.prog or prog, _with_dash_value_hint(str(e), argv))
         return 2
     except data.DataError as e:
         _print_error(prog, str(e))

@@ -180,3 +180,26 @@ def test_out_that_cannot_be_written_names_the_users_path(tmp_path, where):
     }[where]
     assert reason in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize(
+    "argv, flag, value",
+    [
+        (["--x", "-1,0.5", "--y", "1"], "--x", "-1,0.5"),
+        (["--x", "1,2", "--y", "-0.5,0.5"], "--y", "-0.5,0.5"),
+        (["--x", "-.5,2", "--y", "1"], "--x", "-.5,2"),
+        (["--x", "-1e-3,2", "--y", "1"], "--x", "-1e-3,2"),
+        (["--sizes", "-2,2", "--x", "1,2", "--y", "1"], "--sizes", "-2,2"),
+    ],
+)
+def test_a_value_starting_with_minus_says_to_join_it_to_its_flag(argv, flag, value):
+    base = ["--sizes", "2,2"] if flag != "--sizes" else []
+    rc, out, err = _run(*base, "--seed", "0", *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith("jaxbp explain: error: ") and err.count("\n") == 1, err
+    assert f"write {flag}={value}" in err, err
+    # As advised, the value is taken (--sizes then rejects the negative width).
+    joined = " ".join(argv).replace(f"{flag} {value}", f"{flag}={value}").split()
+    rc, out, err = _run(*base, "--seed", "0", *joined)
+    assert "expected one argument" not in err
+    assert rc == 0 or flag == "--sizes", err
