@@ -90,6 +90,14 @@ def _nonnegative_float(text: str) -> float:
     return _float(text, positive=False)
 
 
+def _dataset(text: str) -> str:
+    """A dataset's one name: ``fashion-mnist`` (its folder's) -> ``fashion_mnist``."""
+    try:
+        return data.dataset_spec(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _widths(text: str) -> list[int]:
     """``"512,512"`` -> ``[512, 512]``; ``""`` or ``"none"`` -> no hidden layer."""
     if text.strip().lower() in ("", "none"):
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--dataset",
+        type=_dataset,
         choices=DATASETS,
         default=d.dataset,
         help="dataset to train and test on (default: %(default)s)",
@@ -327,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument(
         "--dataset",
+        type=_dataset,
         choices=DATASETS,
         default=d.dataset,
         help="dataset to download (default: %(default)s)",

@@ -197,6 +197,33 @@ def test_hidden_flag_forms(flags, sizes):
     assert cli.config_from_args(args).sizes == tuple(sizes)
 
 
+@pytest.mark.parametrize("command", ["train", "download"])
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        ("fashion_mnist", "fashion_mnist"),
+        ("fashion-mnist", "fashion_mnist"),  # the data folder's spelling
+        ("Fashion-MNIST", "fashion_mnist"),
+        ("mnist", "mnist"),
+    ],
+)
+def test_dataset_flag_accepts_both_spellings_and_keeps_one(command, given, name):
+    args = cli.build_parser().parse_args([command, "--dataset", given])
+    assert args.dataset == name
+    if command == "train":
+        assert cli.config_from_args(args).dataset == name
+
+
+def test_resume_with_the_other_spelling_of_the_dataset(
+    baseline_copy, tiny_data, any_size
+):
+    rc, stdout, stderr = _main(
+        _argv(tiny_data, baseline_copy, "--resume", dataset="fashion-mnist")
+    )
+    assert rc == 0, stderr
+    assert "already trained 2 epochs" in stdout
+
+
 def test_float64_run_leaves_x64_off(tiny_data, tmp_path, any_size):
     out = tmp_path / "run"
     rc, _, stderr = _main(_argv(tiny_data, out, "--quiet", dtype="float64", epochs="1"))
