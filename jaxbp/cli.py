@@ -413,7 +413,12 @@ def _show(name: str, value) -> str:
 
 def _check_resume(ckpt_path: pathlib.Path, config: TrainConfig) -> None:
     """Raises UsageError naming each setting that differs from the saved run's."""
-    saved = checkpoint.read_meta(ckpt_path).get("config")
+    try:
+        saved = checkpoint.read_meta(ckpt_path).get("config")
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(
+            f"--resume: {e}; pass --overwrite to start over"
+        ) from None
     try:
         saved_config = TrainConfig.from_dict(saved or {})
     except (ValueError, TypeError) as e:
@@ -529,6 +534,11 @@ def run_train(args) -> int:
     out = args.out or pathlib.Path("runs") / f"{config.dataset}-{config.grad}"
     ckpt_path = out / "checkpoint.npz"
     _check_out_folder(out)
+    if ckpt_path.is_dir():
+        raise UsageError(
+            f"{ckpt_path} is a folder, where jaxbp train keeps its checkpoint file; "
+            "move it away or choose another --out"
+        )
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if ckpt_path.exists() and not (args.resume or args.overwrite):
