@@ -41,7 +41,8 @@ CASES = {
     "Conv2D(4, 2x2, stride 2, SAME)": (
         L.Conv2D(4, 2, stride=2, padding="SAME"), (2, 7, 7, 3), False),
     "MaxPool2D(2)": (L.MaxPool2D(2), (3, 8, 6, 2), False),
-    "MaxPool2D(3, stride 2) overlapping": (L.MaxPool2D(3, stride=2), (2, 9, 7, 2), False),
+    "MaxPool2D(3, stride 2) overlapping": (
+        L.MaxPool2D(3, stride=2), (2, 9, 7, 2), False),
     "MaxPool2D(2x3, SAME)": (L.MaxPool2D((2, 3), padding="SAME"), (2, 7, 7, 1), False),
     "AvgPool2D(2)": (L.AvgPool2D(2), (3, 8, 6, 2), False),
     "AvgPool2D(3, stride 2, SAME)": (
