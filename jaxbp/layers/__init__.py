@@ -9,12 +9,14 @@ from jaxbp.layers.base import LayerShapeError
 from jaxbp.layers.base import chain_backward
 from jaxbp.layers.base import chain_forward
 from jaxbp.layers.base import chain_output_shapes
+from jaxbp.layers.conv import Conv2D
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.elementwise import Activation
 from jaxbp.layers.elementwise import Flatten
 
 __all__ = (
     "Activation",
+    "Conv2D",
     "Dense",
     "Flatten",
     "Layer",
