@@ -13,14 +13,18 @@ from jaxbp.layers.conv import Conv2D
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.elementwise import Activation
 from jaxbp.layers.elementwise import Flatten
+from jaxbp.layers.pool import AvgPool2D
+from jaxbp.layers.pool import MaxPool2D
 
 __all__ = (
     "Activation",
+    "AvgPool2D",
     "Conv2D",
     "Dense",
     "Flatten",
     "Layer",
     "LayerShapeError",
+    "MaxPool2D",
     "chain_backward",
     "chain_forward",
     "chain_output_shapes",
