@@ -19,6 +19,7 @@ import json
 import pathlib
 import platform
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -88,6 +89,14 @@ def _positive_float(text: str) -> float:
 
 def _nonnegative_float(text: str) -> float:
     return _float(text, positive=False)
+
+
+def _dataset(text: str) -> str:
+    """A dataset's one name: ``fashion-mnist`` (its folder's) -> ``fashion_mnist``."""
+    try:
+        return data.dataset_spec(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _widths(text: str) -> list[int]:
@@ -197,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--dataset",
+        type=_dataset,
         choices=DATASETS,
         default=d.dataset,
         help="dataset to train and test on (default: %(default)s)",
@@ -327,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument(
         "--dataset",
+        type=_dataset,
         choices=DATASETS,
         default=d.dataset,
         help="dataset to download (default: %(default)s)",
@@ -403,7 +414,12 @@ def _show(name: str, value) -> str:
 
 def _check_resume(ckpt_path: pathlib.Path, config: TrainConfig) -> None:
     """Raises UsageError naming each setting that differs from the saved run's."""
-    saved = checkpoint.read_meta(ckpt_path).get("config")
+    try:
+        saved = checkpoint.read_meta(ckpt_path).get("config")
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(
+            f"--resume: {e}; pass --overwrite to start over"
+        ) from None
     try:
         saved_config = TrainConfig.from_dict(saved or {})
     except (ValueError, TypeError) as e:
@@ -519,6 +535,11 @@ def run_train(args) -> int:
     out = args.out or pathlib.Path("runs") / f"{config.dataset}-{config.grad}"
     ckpt_path = out / "checkpoint.npz"
     _check_out_folder(out)
+    if ckpt_path.is_dir():
+        raise UsageError(
+            f"{ckpt_path} is a folder, where jaxbp train keeps its checkpoint file; "
+            "move it away or choose another --out"
+        )
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if ckpt_path.exists() and not (args.resume or args.overwrite):
@@ -532,8 +553,39 @@ def run_train(args) -> int:
         _check_resume(ckpt_path, config)
     mesh = _data_mesh(args.devices, config.batch_size)
     x64 = config.dtype == "float64"
-    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
-        return _train(args, config, out, mesh)
+    try:
+        with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+            return _train(args, config, out, mesh)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(args, config, out)) from None
+
+
+def _interrupted(args, config: TrainConfig, out: pathlib.Path) -> str:
+    """What an interrupted ``jaxbp train`` kept, and the command that continues it."""
+    ckpt_path = out / "checkpoint.npz"
+    try:
+        meta = checkpoint.read_meta(ckpt_path)
+        same_run = TrainConfig.from_dict(meta.get("config") or {}) == config
+    except (ValueError, TypeError):  # no checkpoint, or another run's
+        same_run = False
+    if not same_run:
+        return (
+            "interrupted before the first epoch ended, so no checkpoint was written; "
+            "run the same command to start again"
+        )
+    command = ["jaxbp", "train", "--out", str(out)]
+    if args.data_dir is not None:
+        command += ["--data-dir", str(args.data_dir)]
+    for name, _, value in TrainConfig().differences(config):
+        command += [_flag(name), _show(name, value)]
+    if args.devices is not None:
+        command += ["--devices", str(args.devices)]
+    if args.quiet:
+        command.append("--quiet")
+    return (
+        f"interrupted; kept the checkpoint of epoch {meta.get('epoch')} of "
+        f"{config.epochs} in {ckpt_path}; resume with: {shlex.join(command)} --resume"
+    )
 
 
 def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
@@ -734,15 +786,42 @@ def run_explain(args) -> int:
             output_format=args.format,
             digits=args.digits,
         )
-        if args.out is not None:
-            write_atomically(args.out, output.encode())
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(str(e)) from None
     if args.out is None:
         sys.stdout.write(output)
     else:
+        try:
+            write_atomically(args.out, output.encode())
+        except OSError as e:
+            raise UsageError(_cannot_write(args.out, e)) from None
         print(f"wrote {args.out}")
     return 0 if ok else 1
+
+
+def _cannot_write(path: pathlib.Path, error: OSError) -> str:
+    """Why ``--out`` was not written, naming it rather than the temporary file."""
+    if path.is_dir():
+        return f"--out {path} is a folder; name a file in it, e.g. {path / 'step.html'}"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"--out {path}: {path.parent} is a file, not a folder"
+    if not path.parent.exists():
+        return f"--out {path}: the folder {path.parent} does not exist"
+    return f"--out {path}: cannot write the file ({error.strerror or error})"
+
+
+def _with_dash_value_hint(message: str, argv: Sequence[str]) -> str:
+    """argparse's error for ``--x -1,2`` (a value read as a flag), with the fix."""
+    missing = re.fullmatch(r"argument (--[\w-]+): expected one argument", message)
+    if missing:
+        flag = missing[1]
+        for given, value in zip(argv, argv[1:], strict=False):
+            if len(given) > 2 and flag.startswith(given) and re.match(r"-\.?\d", value):
+                return (
+                    f"{message}; to pass a value that starts with '-', join it to the "
+                    f"flag: write {flag}={value}"
+                )
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -753,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     advice keep their lines. Exit status 2 for bad flags, 1 for other errors, 130
     when interrupted.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     prog = parser.prog
     try:
@@ -762,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
         return args.func(args)
     except UsageError as e:
-        _print_error(e.prog or prog, str(e))
+        _print_error(e.prog or prog, _with_dash_value_hint(str(e), argv))
         return 2
     except data.DataError as e:
         _print_error(prog, str(e))
@@ -777,6 +857,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         _print_error(prog, message or type(e).__name__)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130

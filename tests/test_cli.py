@@ -8,7 +8,9 @@ import json
 import math
 import pathlib
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from typing import NamedTuple
@@ -88,6 +90,20 @@ def _assert_one_line_error(rc, stderr, command="train"):
     assert len(lines) == 1, stderr
     prefix = f"jaxbp {command}: error: " if command else "jaxbp: error: "
     assert lines[0].startswith(prefix), stderr
+
+
+def _assert_interrupted_message(stderr, out, *, epoch, epochs) -> list[str]:
+    """Checks the one line of an interrupted ``jaxbp train``; returns its command."""
+    assert "Traceback" not in stderr
+    assert stderr.count("\n") == 1, stderr
+    found = re.fullmatch(
+        rf"jaxbp train: interrupted; kept the checkpoint of epoch {epoch} of "
+        rf"{epochs} in (.*); resume with: (.*)\n",
+        stderr,
+    )
+    assert found, stderr
+    assert found[1] == str(out / "checkpoint.npz")
+    return shlex.split(found[2])
 
 
 def _assert_params_equal(a, b):
@@ -197,6 +213,33 @@ def test_hidden_flag_forms(flags, sizes):
     assert cli.config_from_args(args).sizes == tuple(sizes)
 
 
+@pytest.mark.parametrize("command", ["train", "download"])
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        ("fashion_mnist", "fashion_mnist"),
+        ("fashion-mnist", "fashion_mnist"),  # the data folder's spelling
+        ("Fashion-MNIST", "fashion_mnist"),
+        ("mnist", "mnist"),
+    ],
+)
+def test_dataset_flag_accepts_both_spellings_and_keeps_one(command, given, name):
+    args = cli.build_parser().parse_args([command, "--dataset", given])
+    assert args.dataset == name
+    if command == "train":
+        assert cli.config_from_args(args).dataset == name
+
+
+def test_resume_with_the_other_spelling_of_the_dataset(
+    baseline_copy, tiny_data, any_size
+):
+    rc, stdout, stderr = _main(
+        _argv(tiny_data, baseline_copy, "--resume", dataset="fashion-mnist")
+    )
+    assert rc == 0, stderr
+    assert "already trained 2 epochs" in stdout
+
+
 def test_float64_run_leaves_x64_off(tiny_data, tmp_path, any_size):
     out = tmp_path / "run"
     rc, _, stderr = _main(_argv(tiny_data, out, "--quiet", dtype="float64", epochs="1"))
@@ -227,13 +270,15 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(
         m.setattr(checkpoint, "save_checkpoint", save_then_interrupt)
         rc, _, stderr = _main(_argv(tiny_data, out))
     assert rc == 130
-    assert stderr.strip() == "jaxbp train: interrupted"
+    resume = _assert_interrupted_message(stderr, out, epoch=1, epochs=2)
     assert calls == [1, 2]
     assert _metrics(out)["epochs_done"] == 1
     _, _, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
     assert meta["epoch"] == 1
 
-    rc, stdout, stderr = _main(_argv(tiny_data, out, "--resume"))
+    # The command the message gives is the one that resumes the run.
+    assert resume[:2] == ["jaxbp", "train"] and "--resume" in resume
+    rc, stdout, stderr = _main(resume[1:])
     assert rc == 0, stderr
     assert "epoch   1/2" not in stdout and "epoch   2/2" in stdout
     _, resumed, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
@@ -246,6 +291,56 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(
         for key in ("step", "train_loss", "test_loss", "test_accuracy"):
             assert h[key] == e[key], key
     assert meta["history"] == history
+
+
+def test_interrupted_before_the_first_checkpoint_says_to_start_again(
+    tiny_data, tmp_path, monkeypatch, any_size
+):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", interrupt)
+    rc, _, stderr = _main(_argv(tiny_data, tmp_path / "run", "--quiet"))
+    assert rc == 130
+    assert stderr == (
+        "jaxbp train: interrupted before the first epoch ended, so no checkpoint "
+        "was written; run the same command to start again\n"
+    )
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
+    # A real SIGINT to a real process: the stand-in dataset, many epochs, and the
+    # signal once the first epoch's line is printed.
+    out = tmp_path / "run"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_cli, jaxbp.data; "
+        "jaxbp.data.load_dataset = test_cli._load_any_size; "
+        "from jaxbp.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
+    argv = _argv(tiny_data, out, epochs="100000")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(pathlib.Path(__file__).parent), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch   1/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    epoch = checkpoint.read_meta(out / "checkpoint.npz")["epoch"]
+    assert epoch >= 1
+    _assert_interrupted_message(stderr, out, epoch=epoch, epochs=100000)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.npz",
+        "metrics.json",
+    ]  # no temporary file left behind
 
 
 def test_resume_of_a_finished_run_does_nothing(baseline_copy, tiny_data, any_size):
@@ -401,14 +496,48 @@ def test_out_that_cannot_be_created_fails_with_one_line(tiny_data, tmp_path, any
     assert f"--out {out}: cannot create the folder" in stderr
 
 
-def test_corrupt_checkpoint_on_resume_fails_with_one_line(
-    baseline_copy, tiny_data, any_size
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("garbage", "is not a jaxbp checkpoint"),
+        ("npz", "is not a jaxbp checkpoint"),
+        ("truncated", "is corrupt or truncated"),
+        ("empty", "is corrupt or truncated"),
+    ],
+)
+def test_resume_from_a_file_that_is_not_a_checkpoint_says_so(
+    baseline_copy, tiny_data, any_size, kind, message
 ):
-    (baseline_copy / "checkpoint.npz").write_bytes(b"garbage")
+    path = baseline_copy / "checkpoint.npz"
+    if kind == "garbage":
+        path.write_bytes(b"garbage")
+    elif kind == "npz":
+        np.savez(path, x=np.arange(3))
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.write_bytes(b"")
     rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume"))
     assert rc == 1
     _assert_one_line_error(rc, stderr)
-    assert "corrupt" in stderr
+    assert f"{path} {message}" in stderr
+    assert "pickle" not in stderr  # not numpy's advice to load it unsafely
+    if "not a jaxbp checkpoint" in message:
+        assert "writes after every epoch" in stderr  # what a checkpoint is
+    assert "--overwrite" in stderr
+
+
+@pytest.mark.parametrize("flags", [["--resume"], [], ["--overwrite"]], ids=str)
+def test_checkpoint_that_is_a_folder_fails_with_one_line(
+    tiny_data, tmp_path, any_size, flags
+):
+    out = tmp_path / "run"
+    (out / "checkpoint.npz").mkdir(parents=True)
+    rc, stdout, stderr = _main(_argv(tiny_data, out, *flags))
+    assert rc == 2
+    _assert_one_line_error(rc, stderr)
+    assert f"{out / 'checkpoint.npz'} is a folder" in stderr
+    assert stdout == ""
 
 
 @pytest.mark.parametrize("command", [None, "check", "train", "download", "explain"])

@@ -43,6 +43,29 @@ NETS = {
         ],
         input_shape=(3,),
     ),
+    "batchnorm-layernorm": jaxbp.Sequential(
+        [
+            L.Dense(6),
+            L.BatchNorm(),
+            L.Activation("gelu"),
+            L.Residual([L.LayerNorm(), L.Dense(6), L.Activation("tanh")]),
+            L.Dense(3),
+        ],
+        input_shape=(4,),
+    ),
+}
+#: Networks whose training loss needs a key (Dropout).
+KEYED = {
+    "dropout": jaxbp.Sequential(
+        [
+            L.Dense(8),
+            L.Activation("relu"),
+            L.Dropout(0.5),
+            L.Residual([L.Dense(8), L.Dropout(0.25)]),
+            L.Dense(3),
+        ],
+        input_shape=(4,),
+    ),
 }
 
 
@@ -99,6 +122,36 @@ def test_manual_grad_uses_no_autodiff(name, monkeypatch):
         jax.grad(net.loss)(params, x, y)
     got = jax.jit(lambda p: net.manual_grad(p, x, y))(params)
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_manual_grad_with_a_key_equals_jax_grad(name):
+    net = KEYED[name]
+    key = jax.random.key(3)
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        x, y = _batch(net, jnp.float64)
+        grads = net.manual_grad(params, x, y, key=key)
+        ref = jax.grad(net.loss)(params, x, y, key=key)
+        assert max_rel_error(grads, ref) <= 1e-10
+        other = net.manual_grad(params, x, y, key=jax.random.key(4))
+        assert max_rel_error(other, ref) > 1e-3  # another key, other masks
+    with pytest.raises(ValueError, match="Dropout"):
+        net.loss(params, x, y)
+
+
+def test_batchnorm_state_is_updated_and_used_to_evaluate():
+    net = NETS["batchnorm-layernorm"]
+    params = _params(net, jnp.float32)
+    x, y = _batch(net, jnp.float32)
+    state = net.init_state()
+    (_, new_state), _ = net.value_and_manual_grad_with_state(params, x, y, state=state)
+    assert not np.allclose(new_state[1]["mean"], state[1]["mean"])
+    out_new = net.forward(params, x, state=new_state)
+    out_old = net.forward(params, x, state=state)
+    assert not np.allclose(out_new, out_old)
+    with pytest.raises(ValueError, match="state"):
+        net.forward(params, x)
 
 
 def test_sequential_of_dense_and_activation_is_the_mlp():
