@@ -28,6 +28,14 @@ arXiv:1510.01799):
   Differential Privacy", arXiv:1607.00133) at about the cost of one ordinary backward
   pass (:func:`clipped_grad`, :func:`make_dp_value_and_grad`).
 
+A :class:`~jaxbp.Sequential` network gets the same three from one batched backward
+pass too (:meth:`~jaxbp.Sequential.deltas` with ``batch_mean=False`` gives every
+layer's per-example output cotangent) and each layer's rule in
+:mod:`jaxbp.per_example_layers`: a convolution's norms from its unfolded patches,
+LayerNorm's from its small per-example gradients, and the weighted sum from each
+layer's own backward given the scaled cotangents. BatchNorm, which makes every
+example's loss depend on the whole batch, is refused (:func:`check_per_example`).
+
 The noise follows the convention of
 :func:`optax.contrib.differentially_private_aggregate`: the clipped per-example
 gradients are *summed*, Gaussian noise of standard deviation ``noise_multiplier *

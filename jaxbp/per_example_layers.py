@@ -48,15 +48,19 @@ import jax.numpy as jnp
 
 from jaxbp.layers import (
     Activation,
+    AvgPool2D,
     BatchNorm,
+    Conv2D,
     Dense,
     Dropout,
     Flatten,
     LayerNorm,
+    MaxPool2D,
     Reshape,
     Residual,
     chain_backward,
 )
+from jaxbp.layers.windows import resolve_padding, window_views
 
 Array = jax.Array
 
@@ -142,6 +146,44 @@ def conv_weight_sq_norms(patches: Array, delta: Array, *, method: str = "auto"):
     raise ValueError(f"method must be one of {CONV_NORM_METHODS}, got {method!r}")
 
 
+def conv_patches(layer: Conv2D, x: Array) -> Array:
+    """The unfolded input ``P`` of a :class:`~jaxbp.layers.Conv2D`, ``(B, T, kh kw
+    C)``, columns in the kernel's HWIO order (as its backward unfolds it)."""
+    pads = resolve_padding(layer.padding, x.shape[1:3], layer.kernel_size, layer.stride)
+    views = window_views(x, layer.kernel_size, layer.stride, pads)
+    b, oh, ow, c = views[0].shape
+    return jnp.stack(views, axis=3).reshape(b, oh * ow, len(views) * c)
+
+
+def _conv_grads(layer, params, x, dy) -> dict:
+    patches = conv_patches(layer, x)
+    b, f = dy.shape[0], dy.shape[-1]
+    delta = dy.reshape(b, -1, f)  # D_i: (T, F)
+    # dl_i/dW = P_i^T D_i ;  dl_i/db = sum_t D_i[t]
+    w = jnp.einsum("btk,btf->bkf", patches, delta)
+    return {"w": w.reshape(b, *params["w"].shape), "b": jnp.sum(delta, axis=1)}
+
+
+def conv2d_rule(norm_method: str = "auto") -> Rule:
+    """The rule of :class:`~jaxbp.layers.Conv2D`, its weight norms taken by
+    ``norm_method`` (:func:`conv_weight_sq_norms`; the table holds ``"auto"``)."""
+    if norm_method not in CONV_NORM_METHODS:
+        raise ValueError(
+            f"norm_method must be one of {CONV_NORM_METHODS}, got {norm_method!r}"
+        )
+
+    def sq_norms(layer, params, x, dy):
+        patches = conv_patches(layer, x)
+        delta = dy.reshape(dy.shape[0], -1, dy.shape[-1])
+        bias = jnp.sum(delta, axis=1)  # dl_i/db = sum_t D_i[t]
+        return {
+            "w": conv_weight_sq_norms(patches, delta, method=norm_method),
+            "b": jnp.sum(bias * bias, axis=1),
+        }
+
+    return Rule(grads=_conv_grads, sq_norms=sq_norms)
+
+
 # --- LayerNorm ---------------------------------------------------------------------
 def _norm_affine_grads(layer, params, cache, dy) -> dict:
     # dl_i/dg = sum_{positions} dy_i xhat_i ;  dl_i/db = sum_{positions} dy_i
@@ -168,6 +210,7 @@ def _no_params(layer, params, cache, dy) -> dict:
 NO_PARAMS = Rule(grads=_no_params, sq_norms=_no_params)
 
 _RULES: dict[type, Rule] = {
+    Conv2D: conv2d_rule(),
     Dense: Rule(
         grads=lambda layer, params, x, dy: dense_grads(x, dy),
         sq_norms=lambda layer, params, x, dy: dense_sq_norms(x, dy),
@@ -179,6 +222,8 @@ _RULES: dict[type, Rule] = {
     Flatten: NO_PARAMS,
     Reshape: NO_PARAMS,
     Dropout: NO_PARAMS,
+    MaxPool2D: NO_PARAMS,
+    AvgPool2D: NO_PARAMS,
 }
 
 #: Layers whose per-example gradients are not defined, and why.

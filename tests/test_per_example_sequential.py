@@ -17,11 +17,14 @@ from layer_harness import forbid_autodiff, random_array
 from jaxbp import per_example, per_example_layers
 from jaxbp.layers import (
     Activation,
+    AvgPool2D,
     BatchNorm,
+    Conv2D,
     Dense,
     Dropout,
     Flatten,
     LayerNorm,
+    MaxPool2D,
     Reshape,
     Residual,
 )
@@ -54,6 +57,21 @@ NETS = {
         (12,),
         "mse",
     ),
+    # The first convolution (49 positions) takes its norms from materialised
+    # gradients, the second (4 positions, 18 x 4 weights) by the Gram form.
+    "conv": (
+        [
+            Conv2D(3, 3),
+            Activation("relu"),
+            MaxPool2D(2),
+            Conv2D(4, (2, 3), stride=2, padding="SAME"),
+            AvgPool2D((2, 1)),
+            Flatten(),
+            Dense(3),
+        ],
+        (9, 9, 2),
+        "softmax_cross_entropy",
+    ),
     "residual": (
         [
             Dense(5),
@@ -77,14 +95,18 @@ NETS = {
         "half_sse",
     ),
 }
-# (net, dtype, whether the library's method="autodiff" is checked too: on one net
-# that it runs on batches of one and one where Dropout makes it use the whole batch)
+# (net, dtype, what is checked): per-example grads and norms always; "clip": the
+# clipped mean and the batch gradient too; "autodiff": also the library's
+# method="autodiff" (on one net where it runs on batches of one, and one where
+# Dropout makes it read each loss off the whole batch's forward pass). float32
+# checks fewer things, loosely.
 CASES = [
-    ("dense", "float64", True),
-    ("layernorm", "float64", False),
-    ("residual", "float64", False),
-    ("dropout", "float64", True),
-    ("dense", "float32", False),
+    ("dense", "float64", ("autodiff",)),
+    ("conv", "float64", ("clip",)),
+    ("layernorm", "float64", ()),
+    ("residual", "float64", ("clip",)),
+    ("dropout", "float64", ("clip", "autodiff")),
+    ("conv", "float32", ()),
 ]
 
 
@@ -135,49 +157,41 @@ def _params_flat(grads):
     return np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
 
 
-@pytest.mark.parametrize(("name", "dtype", "autodiff"), CASES)
-def test_manual_equals_vmap_grad(name, dtype, autodiff):
+@pytest.mark.parametrize(
+    ("name", "dtype", "checks"), CASES, ids=[f"{n}-{d}" for n, d, _ in CASES]
+)
+def test_manual_equals_vmap_grad(name, dtype, checks):
     with jax.enable_x64(dtype == "float64"):
         net, params, x, y, key = _setup(name, dtype)
 
         @jax.jit
         def compute(params, x, y, key):
+            sq = per_example.per_example_sq_norms(net, params, x, y, dropout_key=key)
             norms = per_example.per_example_grad_norms(
                 net, params, x, y, dropout_key=key
             )
-            clip = jnp.median(norms)  # examples on both sides of C
             out = {
                 "ref": _reference(net, params, x, y, key),
                 "manual": per_example.per_example_grads(
                     net, params, x, y, dropout_key=key
                 ),
-                "sq": per_example.per_example_sq_norms(
-                    net, params, x, y, dropout_key=key
-                ),
+                "sq": sq,
                 "norms": norms,
-                "clip": clip,
-                "batch_grad": net.manual_grad(params, x, y, key=key),
-                "clipped": [
-                    per_example.clipped_grad(
-                        net, params, x, y, l2_norm_clip=clip, dropout_key=key
-                    )
-                ],
-                "loss": net.loss(params, x, y, key=key),
             }
-            if autodiff:
+            clip = out["clip"] = jnp.median(norms)  # examples on both sides of C
+            methods = ("manual", "autodiff") if "autodiff" in checks else ("manual",)
+            if "clip" in checks:
+                out["batch_grad"] = net.manual_grad(params, x, y, key=key)
+                out["loss"] = net.loss(params, x, y, key=key)
+                out["clipped"] = [
+                    per_example.clipped_grad(
+                        net, params, x, y, l2_norm_clip=clip, method=m, dropout_key=key
+                    )
+                    for m in methods
+                ]
+            if "autodiff" in checks:
                 out["autodiff"] = per_example.per_example_grads(
                     net, params, x, y, method="autodiff", dropout_key=key
-                )
-                out["clipped"].append(
-                    per_example.clipped_grad(
-                        net,
-                        params,
-                        x,
-                        y,
-                        l2_norm_clip=clip,
-                        method="autodiff",
-                        dropout_key=key,
-                    )
                 )
             return out
 
@@ -189,11 +203,13 @@ def test_manual_equals_vmap_grad(name, dtype, autodiff):
         )
         chex.assert_trees_all_equal_dtypes(out["manual"], ref)
         chex.assert_trees_all_close(out["manual"], ref, **close)
-        if autodiff:
-            chex.assert_trees_all_close(out["autodiff"], ref, **close)
         chex.assert_trees_all_close(out["sq"], _sq(ref), **close)
         ref_norms = np.linalg.norm(_flat(ref), axis=1)
         np.testing.assert_allclose(out["norms"], ref_norms, **close)
+        if "autodiff" in checks:
+            chex.assert_trees_all_close(out["autodiff"], ref, **close)
+        if "clip" not in checks:
+            return
         chex.assert_trees_all_close(
             jax.tree.map(lambda g: jnp.mean(g, 0), out["manual"]),
             out["batch_grad"],
@@ -208,6 +224,24 @@ def test_manual_equals_vmap_grad(name, dtype, autodiff):
             chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
             np.testing.assert_allclose(_params_flat(grads), expected, **close)
             np.testing.assert_allclose(loss, out["loss"], **close)
+
+
+def test_conv_norm_methods_agree():
+    # LeNet's convolutions: materialise the first, the Gram form for the second
+    assert per_example_layers.conv_norm_method(24 * 24, 5 * 5 * 1, 20) == "materialise"
+    assert per_example_layers.conv_norm_method(8 * 8, 5 * 5 * 20, 50) == "gram"
+    with jax.enable_x64(True):
+        patches = random_array((3, 7, 12), "float64", 0)
+        delta = random_array((3, 7, 5), "float64", 1)
+        g = np.einsum("btk,btf->bkf", patches, delta)
+        expected = np.sum(g * g, axis=(1, 2))
+        for method in per_example_layers.CONV_NORM_METHODS:
+            got = per_example_layers.conv_weight_sq_norms(patches, delta, method=method)
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="method must be one of"):
+        per_example_layers.conv_weight_sq_norms(patches, delta, method="ghost")
+    with pytest.raises(ValueError, match="norm_method must be one of"):
+        per_example_layers.conv2d_rule("ghost")
 
 
 def test_huge_clip_is_batch_gradient():
@@ -373,8 +407,9 @@ def _manual_paths(net, params, x, y, key):
 
 
 def test_manual_path_uses_no_autodiff(monkeypatch):
-    # Tracing is enough: autodiff is entered while a function is traced.
-    setups = [_setup(name, "float32") for name in NETS]
+    # Tracing is enough: autodiff is entered while a function is traced. These
+    # nets hold every layer type.
+    setups = [_setup(name, "float32") for name in ("conv", "residual", "dropout")]
     forbid_autodiff(monkeypatch)
     with pytest.raises(AssertionError, match="reached autodiff"):
         jax.make_jaxpr(_reference, static_argnums=0)(*setups[0])
