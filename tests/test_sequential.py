@@ -6,6 +6,11 @@ MLP; no autodiff runs inside; a wrong architecture is an error when the network 
 built, naming the layer.
 """
 
+import contextlib
+import io
+import pathlib
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -319,3 +324,25 @@ def test_check_gradients_names_a_wrong_parameter_gradient():
     assert not report.passed
     assert report.first_failing_layer == 3
     assert "layer 3 of 5, Dense(4) (params[2]: [2]['w'])" in report.notes[-1]
+
+
+# --- the README's Sequential example runs as written ------------------------------
+def test_readme_layers_example_runs():
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("\n## Layers: ", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)[1]
+    namespace: dict = {}
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(code, str(readme), "exec"), namespace)
+    assert stdout.getvalue().startswith("True localisation:"), stdout.getvalue()
+    chex.assert_trees_all_close(
+        namespace["grads"], namespace["auto"], rtol=1e-4, atol=1e-6
+    )
+    statement = section.split("says\n`", 1)[1].split("`", 1)[0]
+    building = section.split(
+        "is an error when the network is built, naming the layer:\n`"
+    )
+    with pytest.raises(L.LayerShapeError) as err:
+        exec(building[1].split("` says", 1)[0], namespace)
+    assert str(err.value) == statement
