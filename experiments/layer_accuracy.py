@@ -13,8 +13,9 @@ run's ``metrics.json``:
 Every other setting is the CLI's default (Adam, cosine decay of its default learning
 rate, batch 64, 10 epochs, float32). The exact command, the accuracy after every epoch
 and the epoch times of every run are recorded beside its result, with the machine.
-``--seeds`` picks the seeds (default 0,1,2) and ``--networks`` the networks (default
-all); ``--quick`` trains LeNet for one epoch from seed 0 (about a minute on 2 cores).
+``--seeds`` picks the seeds (default 0,1,2), ``--networks`` the networks and
+``--grads`` the gradients (default all); ``--quick`` trains LeNet for one epoch from
+seed 0 (about a minute on 2 cores).
 
 Writes ``layer_accuracy.json``, after every run (``"complete": false`` until the last).
 
@@ -81,6 +82,11 @@ def main(argv=None) -> int:
     parser = _common.make_parser(__doc__)
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument(
+        "--grads",
+        default=",".join(GRADS),
+        help="comma-separated gradients among manual, autodiff (default both)",
+    )
+    parser.add_argument(
         "--networks",
         default=",".join(NETWORKS),
         help=f"comma-separated networks among {', '.join(NETWORKS)}",
@@ -95,6 +101,9 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network {unknown[0]!r}; known: {', '.join(NETWORKS)}")
+    grads = args.grads.split(",")
+    if any(g not in GRADS for g in grads):
+        parser.error(f"--grads must be among {', '.join(GRADS)}, got {args.grads!r}")
     epochs = 1 if args.quick else None
     record = {
         "command": _common.command_line(__file__, argv),
@@ -111,7 +120,7 @@ def main(argv=None) -> int:
         # for the first seeds; the record is rewritten after every run.
         for seed in seeds:
             for name in names:
-                for grad in GRADS:
+                for grad in grads:
                     out = pathlib.Path(tmp) / f"{len(runs)}"
                     runs.append(run_one(name, grad, seed, epochs, out))
                     _common.write_json(path, record)
