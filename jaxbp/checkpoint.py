@@ -28,10 +28,18 @@ from jaxbp.mlp import MLP, Params
 from jaxbp.train import TrainState
 
 FORMAT_VERSION = 1
+#: What a checkpoint is, for the errors about files that are not one.
+_WHAT_IT_IS = (
+    "a jaxbp checkpoint is the .npz file that jaxbp.save_checkpoint writes, such as "
+    "the checkpoint.npz that `jaxbp train --out RUN` writes after every epoch"
+)
+#: The first bytes of an .npz file (a zip archive).
+_NPZ_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or does not fit what it is loaded into."""
+    """A checkpoint file is missing, corrupt, not a checkpoint, or does not fit what
+    it is loaded into."""
 
 
 def save_checkpoint(
@@ -79,14 +87,32 @@ def save_checkpoint(
     return path
 
 
+def _not_a_checkpoint(path: pathlib.Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a jaxbp checkpoint: {why}; {_WHAT_IT_IS}")
+
+
 def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint file; {_WHAT_IT_IS}"
+        )
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPZ_MAGIC))
+        if not _NPZ_MAGIC.startswith(head):
+            raise _not_a_checkpoint(path, "it is not an .npz archive")
+        if head != _NPZ_MAGIC:  # cut off within its first bytes
+            raise EOFError(f"the file holds {len(head)} bytes")
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
+        if "meta" not in arrays:
+            raise _not_a_checkpoint(path, "it has no 'meta' record")
         meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except CheckpointError:
+        raise
     except (
         OSError,
         ValueError,
@@ -96,7 +122,11 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         NotImplementedError,  # zipfile: a corrupt header names an unknown method
         RuntimeError,  # zipfile: an entry flagged as encrypted
     ) as e:
+        if "allow_pickle" in str(e):  # numpy's advice to load object arrays unsafely
+            raise _not_a_checkpoint(path, "it holds Python objects") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from e
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise _not_a_checkpoint(path, "its 'meta' record is not jaxbp's")
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {meta.get('format')}, expected "
@@ -117,7 +147,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
       ``{"w", "b"}`` dicts of ``jax.Array``, and the JSON metadata.
 
     Raises:
-      CheckpointError: if the file is missing, corrupt or incomplete.
+      CheckpointError: if the file is missing, corrupt, incomplete or not a
+        checkpoint.
 
     Examples:
       >>> net, params, meta = load_checkpoint("run/checkpoint.npz")  # doctest: +SKIP
@@ -130,7 +161,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
 
 def _net_and_params(arrays: dict, meta: dict, path) -> tuple[MLP, Params]:
     """The network spec and parameters held by a read checkpoint."""
-    net = MLP(**{**meta["net"], "sizes": tuple(meta["net"]["sizes"])})
+    try:
+        net = MLP(**{**meta["net"], "sizes": tuple(meta["net"]["sizes"])})
+    except (KeyError, TypeError):
+        raise _not_a_checkpoint(path, "it records no network") from None
     try:
         params = [
             {name: jnp.asarray(arrays[f"params/{l}/{name}"]) for name in ("w", "b")}
@@ -214,6 +248,6 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The JSON metadata of a checkpoint (config, epoch, history) without its arrays.
 
     Raises:
-      CheckpointError: if the file is missing or corrupt.
+      CheckpointError: if the file is missing, corrupt or not a checkpoint.
     """
     return _read(path)[1]

@@ -90,6 +90,14 @@ def _nonnegative_float(text: str) -> float:
     return _float(text, positive=False)
 
 
+def _dataset(text: str) -> str:
+    """A dataset's one name: ``fashion-mnist`` (its folder's) -> ``fashion_mnist``."""
+    try:
+        return data.dataset_spec(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _widths(text: str) -> list[int]:
     """``"512,512"`` -> ``[512, 512]``; ``""`` or ``"none"`` -> no hidden layer."""
     if text.strip().lower() in ("", "none"):
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--dataset",
+        type=_dataset,
         choices=DATASETS,
         default=d.dataset,
         help="dataset to train and test on (default: %(default)s)",
@@ -327,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument(
         "--dataset",
+        type=_dataset,
         choices=DATASETS,
         default=d.dataset,
         help="dataset to download (default: %(default)s)",
@@ -403,7 +413,12 @@ def _show(name: str, value) -> str:
 
 def _check_resume(ckpt_path: pathlib.Path, config: TrainConfig) -> None:
     """Raises UsageError naming each setting that differs from the saved run's."""
-    saved = checkpoint.read_meta(ckpt_path).get("config")
+    try:
+        saved = checkpoint.read_meta(ckpt_path).get("config")
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(
+            f"--resume: {e}; pass --overwrite to start over"
+        ) from None
     try:
         saved_config = TrainConfig.from_dict(saved or {})
     except (ValueError, TypeError) as e:
@@ -519,6 +534,11 @@ def run_train(args) -> int:
     out = args.out or pathlib.Path("runs") / f"{config.dataset}-{config.grad}"
     ckpt_path = out / "checkpoint.npz"
     _check_out_folder(out)
+    if ckpt_path.is_dir():
+        raise UsageError(
+            f"{ckpt_path} is a folder, where jaxbp train keeps its checkpoint file; "
+            "move it away or choose another --out"
+        )
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if ckpt_path.exists() and not (args.resume or args.overwrite):
@@ -734,15 +754,42 @@ def run_explain(args) -> int:
             output_format=args.format,
             digits=args.digits,
         )
-        if args.out is not None:
-            write_atomically(args.out, output.encode())
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(str(e)) from None
     if args.out is None:
         sys.stdout.write(output)
     else:
+        try:
+            write_atomically(args.out, output.encode())
+        except OSError as e:
+            raise UsageError(_cannot_write(args.out, e)) from None
         print(f"wrote {args.out}")
     return 0 if ok else 1
+
+
+def _cannot_write(path: pathlib.Path, error: OSError) -> str:
+    """Why ``--out`` was not written, naming it rather than the temporary file."""
+    if path.is_dir():
+        return f"--out {path} is a folder; name a file in it, e.g. {path / 'step.html'}"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"--out {path}: {path.parent} is a file, not a folder"
+    if not path.parent.exists():
+        return f"--out {path}: the folder {path.parent} does not exist"
+    return f"--out {path}: cannot write the file ({error.strerror or error})"
+
+
+def _with_dash_value_hint(message: str, argv: Sequence[str]) -> str:
+    """argparse's error for ``--x -1,2`` (a value read as a flag), with the fix."""
+    missing = re.fullmatch(r"argument (--[\w-]+): expected one argument", message)
+    if missing:
+        flag = missing[1]
+        for given, value in zip(argv, argv[1:], strict=False):
+            if len(given) > 2 and flag.startswith(given) and re.match(r"-\.?\d", value):
+                return (
+                    f"{message}; to pass a value that starts with '-', join it to the "
+                    f"flag: write {flag}={value}"
+                )
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -753,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     advice keep their lines. Exit status 2 for bad flags, 1 for other errors, 130
     when interrupted.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     prog = parser.prog
     try:
@@ -762,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
         return args.func(args)
     except UsageError as e:
-        _print_error(e.prog or prog, str(e))
+        _print_error(e.prog or prog, _with_dash_value_hint(str(e), argv))
         return 2
     except data.DataError as e:
         _print_error(prog, str(e))

@@ -140,8 +140,8 @@ def test_missing_checkpoint_names_the_file(tmp_path):
             load(path)
     with pytest.raises(CheckpointError, match=str(path)):
         checkpoint.restore_train_state(path, _template())
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        checkpoint.load_checkpoint(tmp_path)  # a folder, not a file
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        checkpoint.load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("keep", [0, 1, 100, 0.5, 0.99, -1])
@@ -161,6 +161,45 @@ def test_garbage_file_names_the_file(tmp_path):
     path.write_bytes(b"this is not a zip file\n" * 10)
     with pytest.raises(CheckpointError, match=str(path)):
         checkpoint.load_checkpoint(path)
+
+
+def _write_other_file(path: pathlib.Path, kind: str) -> None:
+    """A file at ``path`` that is not a jaxbp checkpoint."""
+    with open(path, "wb") as f:
+        if kind == "text":
+            f.write(b"epoch 1 loss 0.5\n" * 10)
+        elif kind == "npy":
+            np.save(f, np.arange(3))
+        elif kind == "npz":
+            np.savez(f, x=np.arange(3))
+        elif kind == "pickled npz":
+            np.savez(f, meta=np.array([{"epoch": 1}], dtype=object))
+        elif kind == "meta not a record":
+            np.savez(f, meta=np.frombuffer(b"[1, 2]", np.uint8))
+        elif kind == "meta without net":
+            np.savez(f, meta=np.frombuffer(b'{"format": 1}', np.uint8))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["text", "npy", "npz", "pickled npz", "meta not a record", "meta without net"],
+)
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, kind):
+    path = tmp_path / "checkpoint.npz"
+    _write_other_file(path, kind)
+    for load in (
+        checkpoint.load_checkpoint,
+        checkpoint.read_meta,
+        lambda p: checkpoint.restore_train_state(p, _template()),
+    ):
+        if kind == "meta without net" and load is checkpoint.read_meta:
+            continue  # its meta can be read; it only lacks what loading needs
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        message = str(info.value)
+        assert message.startswith(f"{path} is not a jaxbp checkpoint"), message
+        assert "pickle" not in message  # not numpy's advice to load it unsafely
+        assert "save_checkpoint" in message and "jaxbp train" in message
 
 
 def test_flipped_data_byte_is_detected(saved):

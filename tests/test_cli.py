@@ -197,6 +197,33 @@ def test_hidden_flag_forms(flags, sizes):
     assert cli.config_from_args(args).sizes == tuple(sizes)
 
 
+@pytest.mark.parametrize("command", ["train", "download"])
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        ("fashion_mnist", "fashion_mnist"),
+        ("fashion-mnist", "fashion_mnist"),  # the data folder's spelling
+        ("Fashion-MNIST", "fashion_mnist"),
+        ("mnist", "mnist"),
+    ],
+)
+def test_dataset_flag_accepts_both_spellings_and_keeps_one(command, given, name):
+    args = cli.build_parser().parse_args([command, "--dataset", given])
+    assert args.dataset == name
+    if command == "train":
+        assert cli.config_from_args(args).dataset == name
+
+
+def test_resume_with_the_other_spelling_of_the_dataset(
+    baseline_copy, tiny_data, any_size
+):
+    rc, stdout, stderr = _main(
+        _argv(tiny_data, baseline_copy, "--resume", dataset="fashion-mnist")
+    )
+    assert rc == 0, stderr
+    assert "already trained 2 epochs" in stdout
+
+
 def test_float64_run_leaves_x64_off(tiny_data, tmp_path, any_size):
     out = tmp_path / "run"
     rc, _, stderr = _main(_argv(tiny_data, out, "--quiet", dtype="float64", epochs="1"))
@@ -401,14 +428,48 @@ def test_out_that_cannot_be_created_fails_with_one_line(tiny_data, tmp_path, any
     assert f"--out {out}: cannot create the folder" in stderr
 
 
-def test_corrupt_checkpoint_on_resume_fails_with_one_line(
-    baseline_copy, tiny_data, any_size
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("garbage", "is not a jaxbp checkpoint"),
+        ("npz", "is not a jaxbp checkpoint"),
+        ("truncated", "is corrupt or truncated"),
+        ("empty", "is corrupt or truncated"),
+    ],
+)
+def test_resume_from_a_file_that_is_not_a_checkpoint_says_so(
+    baseline_copy, tiny_data, any_size, kind, message
 ):
-    (baseline_copy / "checkpoint.npz").write_bytes(b"garbage")
+    path = baseline_copy / "checkpoint.npz"
+    if kind == "garbage":
+        path.write_bytes(b"garbage")
+    elif kind == "npz":
+        np.savez(path, x=np.arange(3))
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.write_bytes(b"")
     rc, _, stderr = _main(_argv(tiny_data, baseline_copy, "--resume"))
     assert rc == 1
     _assert_one_line_error(rc, stderr)
-    assert "corrupt" in stderr
+    assert f"{path} {message}" in stderr
+    assert "pickle" not in stderr  # not numpy's advice to load it unsafely
+    if "not a jaxbp checkpoint" in message:
+        assert "writes after every epoch" in stderr  # what a checkpoint is
+    assert "--overwrite" in stderr
+
+
+@pytest.mark.parametrize("flags", [["--resume"], [], ["--overwrite"]], ids=str)
+def test_checkpoint_that_is_a_folder_fails_with_one_line(
+    tiny_data, tmp_path, any_size, flags
+):
+    out = tmp_path / "run"
+    (out / "checkpoint.npz").mkdir(parents=True)
+    rc, stdout, stderr = _main(_argv(tiny_data, out, *flags))
+    assert rc == 2
+    _assert_one_line_error(rc, stderr)
+    assert f"{out / 'checkpoint.npz'} is a folder" in stderr
+    assert stdout == ""
 
 
 @pytest.mark.parametrize("command", [None, "check", "train", "download", "explain"])

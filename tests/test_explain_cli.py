@@ -159,3 +159,47 @@ def test_no_traceback_from_the_installed_command(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("jaxbp explain: error: ")
+
+
+@pytest.mark.parametrize("where", ["missing folder", "parent is a file", "a folder"])
+def test_out_that_cannot_be_written_names_the_users_path(tmp_path, where):
+    (tmp_path / "a-file").write_text("")
+    out = {
+        "missing folder": tmp_path / "no-such-folder" / "step.html",
+        "parent is a file": tmp_path / "a-file" / "step.html",
+        "a folder": tmp_path,
+    }[where]
+    rc, stdout, err = _run("--example", "sigmoid-2-2-2", "--out", str(out))
+    assert rc == 2 and stdout == ""
+    assert err.startswith(f"jaxbp explain: error: --out {out}") and err.count("\n") == 1
+    assert ".tmp" not in err, err  # not the temporary file jaxbp writes first
+    reason = {
+        "missing folder": f"the folder {out.parent} does not exist",
+        "parent is a file": f"{out.parent} is a file, not a folder",
+        "a folder": "is a folder; name a file",
+    }[where]
+    assert reason in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize(
+    "argv, flag, value",
+    [
+        (["--x", "-1,0.5", "--y", "1"], "--x", "-1,0.5"),
+        (["--x", "1,2", "--y", "-0.5,0.5"], "--y", "-0.5,0.5"),
+        (["--x", "-.5,2", "--y", "1"], "--x", "-.5,2"),
+        (["--x", "-1e-3,2", "--y", "1"], "--x", "-1e-3,2"),
+        (["--sizes", "-2,2", "--x", "1,2", "--y", "1"], "--sizes", "-2,2"),
+    ],
+)
+def test_a_value_starting_with_minus_says_to_join_it_to_its_flag(argv, flag, value):
+    base = ["--sizes", "2,2"] if flag != "--sizes" else []
+    rc, out, err = _run(*base, "--seed", "0", *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith("jaxbp explain: error: ") and err.count("\n") == 1, err
+    assert f"write {flag}={value}" in err, err
+    # As advised, the value is taken (--sizes then rejects the negative width).
+    joined = " ".join(argv).replace(f"{flag} {value}", f"{flag}={value}").split()
+    rc, out, err = _run(*base, "--seed", "0", *joined)
+    assert "expected one argument" not in err
+    assert rc == 0 or flag == "--sizes", err
