@@ -10,19 +10,27 @@ from jaxbp.layers.base import chain_backward
 from jaxbp.layers.base import chain_forward
 from jaxbp.layers.base import chain_output_shapes
 from jaxbp.layers.dense import Dense
+from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.elementwise import Activation
 from jaxbp.layers.elementwise import Flatten
 from jaxbp.layers.elementwise import Reshape
+from jaxbp.layers.norm import BatchNorm
+from jaxbp.layers.norm import LayerNorm
+from jaxbp.layers.norm import batchnorm_backward_stepwise
 from jaxbp.layers.residual import Residual
 
 __all__ = (
     "Activation",
+    "BatchNorm",
     "Dense",
+    "Dropout",
     "Flatten",
     "Layer",
+    "LayerNorm",
     "LayerShapeError",
     "Reshape",
     "Residual",
+    "batchnorm_backward_stepwise",
     "chain_backward",
     "chain_forward",
     "chain_output_shapes",
