@@ -19,6 +19,7 @@ import json
 import pathlib
 import platform
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -552,8 +553,39 @@ def run_train(args) -> int:
         _check_resume(ckpt_path, config)
     mesh = _data_mesh(args.devices, config.batch_size)
     x64 = config.dtype == "float64"
-    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
-        return _train(args, config, out, mesh)
+    try:
+        with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+            return _train(args, config, out, mesh)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(args, config, out)) from None
+
+
+def _interrupted(args, config: TrainConfig, out: pathlib.Path) -> str:
+    """What an interrupted ``jaxbp train`` kept, and the command that continues it."""
+    ckpt_path = out / "checkpoint.npz"
+    try:
+        meta = checkpoint.read_meta(ckpt_path)
+        same_run = TrainConfig.from_dict(meta.get("config") or {}) == config
+    except (ValueError, TypeError):  # no checkpoint, or another run's
+        same_run = False
+    if not same_run:
+        return (
+            "interrupted before the first epoch ended, so no checkpoint was written; "
+            "run the same command to start again"
+        )
+    command = ["jaxbp", "train", "--out", str(out)]
+    if args.data_dir is not None:
+        command += ["--data-dir", str(args.data_dir)]
+    for name, _, value in TrainConfig().differences(config):
+        command += [_flag(name), _show(name, value)]
+    if args.devices is not None:
+        command += ["--devices", str(args.devices)]
+    if args.quiet:
+        command.append("--quiet")
+    return (
+        f"interrupted; kept the checkpoint of epoch {meta.get('epoch')} of "
+        f"{config.epochs} in {ckpt_path}; resume with: {shlex.join(command)} --resume"
+    )
 
 
 def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
@@ -825,6 +857,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         _print_error(prog, message or type(e).__name__)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130

@@ -8,7 +8,9 @@ import json
 import math
 import pathlib
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from typing import NamedTuple
@@ -88,6 +90,20 @@ def _assert_one_line_error(rc, stderr, command="train"):
     assert len(lines) == 1, stderr
     prefix = f"jaxbp {command}: error: " if command else "jaxbp: error: "
     assert lines[0].startswith(prefix), stderr
+
+
+def _assert_interrupted_message(stderr, out, *, epoch, epochs) -> list[str]:
+    """Checks the one line of an interrupted ``jaxbp train``; returns its command."""
+    assert "Traceback" not in stderr
+    assert stderr.count("\n") == 1, stderr
+    found = re.fullmatch(
+        rf"jaxbp train: interrupted; kept the checkpoint of epoch {epoch} of "
+        rf"{epochs} in (.*); resume with: (.*)\n",
+        stderr,
+    )
+    assert found, stderr
+    assert found[1] == str(out / "checkpoint.npz")
+    return shlex.split(found[2])
 
 
 def _assert_params_equal(a, b):
@@ -254,13 +270,15 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(
         m.setattr(checkpoint, "save_checkpoint", save_then_interrupt)
         rc, _, stderr = _main(_argv(tiny_data, out))
     assert rc == 130
-    assert stderr.strip() == "jaxbp train: interrupted"
+    resume = _assert_interrupted_message(stderr, out, epoch=1, epochs=2)
     assert calls == [1, 2]
     assert _metrics(out)["epochs_done"] == 1
     _, _, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
     assert meta["epoch"] == 1
 
-    rc, stdout, stderr = _main(_argv(tiny_data, out, "--resume"))
+    # The command the message gives is the one that resumes the run.
+    assert resume[:2] == ["jaxbp", "train"] and "--resume" in resume
+    rc, stdout, stderr = _main(resume[1:])
     assert rc == 0, stderr
     assert "epoch   1/2" not in stdout and "epoch   2/2" in stdout
     _, resumed, meta = checkpoint.load_checkpoint(out / "checkpoint.npz")
@@ -273,6 +291,56 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(
         for key in ("step", "train_loss", "test_loss", "test_accuracy"):
             assert h[key] == e[key], key
     assert meta["history"] == history
+
+
+def test_interrupted_before_the_first_checkpoint_says_to_start_again(
+    tiny_data, tmp_path, monkeypatch, any_size
+):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", interrupt)
+    rc, _, stderr = _main(_argv(tiny_data, tmp_path / "run", "--quiet"))
+    assert rc == 130
+    assert stderr == (
+        "jaxbp train: interrupted before the first epoch ended, so no checkpoint "
+        "was written; run the same command to start again\n"
+    )
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
+    # A real SIGINT to a real process: the stand-in dataset, many epochs, and the
+    # signal once the first epoch's line is printed.
+    out = tmp_path / "run"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_cli, jaxbp.data; "
+        "jaxbp.data.load_dataset = test_cli._load_any_size; "
+        "from jaxbp.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
+    argv = _argv(tiny_data, out, epochs="100000")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(pathlib.Path(__file__).parent), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch   1/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    epoch = checkpoint.read_meta(out / "checkpoint.npz")["epoch"]
+    assert epoch >= 1
+    _assert_interrupted_message(stderr, out, epoch=epoch, epochs=100000)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.npz",
+        "metrics.json",
+    ]  # no temporary file left behind
 
 
 def test_resume_of_a_finished_run_does_nothing(baseline_copy, tiny_data, any_size):
