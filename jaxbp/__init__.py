@@ -14,6 +14,8 @@ model -> gradients -> train -> CLI):
   and ``manual_grad``;
 * ``jaxbp.sequential``: :class:`Sequential`, any chain of layers with the same
   methods as ``MLP`` (plus state and keys for BatchNorm and Dropout);
+* ``jaxbp.models``: named networks (``lenet``) and the spec strings of layers that
+  ``TrainConfig(model=...)`` and ``jaxbp train --model`` take;
 * ``jaxbp.finite_differences``: difference quotients with their error budget and
   kink detection;
 * ``jaxbp.gradcheck``: any hand-derived gradient of any pytree against ``jax.grad``
@@ -45,6 +47,7 @@ from jaxbp import gradcheck
 from jaxbp import layers
 from jaxbp import losses
 from jaxbp import mlp
+from jaxbp import models
 from jaxbp import optim
 from jaxbp import parallel
 from jaxbp import per_example
@@ -135,6 +138,7 @@ __all__ = (
     "make_train_epoch",
     "make_train_step",
     "mlp",
+    "models",
     "one_hot",
     "optim",
     "parallel",
