@@ -1,11 +1,19 @@
 """Training: explicit state, a jitted step, a whole epoch as one compiled program.
 
 The training state is a :class:`TrainState` ``NamedTuple`` of ``params``,
-``opt_state``, ``step`` and the PRNG ``key``; every function here is pure and returns a
-new state. The gradient comes from either the hand-derived backward pass
-(``grad="manual"``, :meth:`jaxbp.MLP.value_and_manual_grad`) or autodiff
-(``grad="autodiff"``, ``jax.value_and_grad(net.loss)``), and any optax
+``opt_state``, ``step``, the PRNG ``key`` and the network's ``model_state``; every
+function here is pure and returns a new state. The gradient comes from either the
+hand-derived backward pass (``grad="manual"``, :meth:`jaxbp.MLP.value_and_manual_grad`)
+or autodiff (``grad="autodiff"``, ``jax.value_and_grad(net.loss)``), and any optax
 ``GradientTransformation`` applies it.
+
+The network is an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`. A Sequential's
+BatchNorm running statistics are ``model_state``: each step trains on the batch's own
+statistics and returns the updated averages
+(:meth:`~jaxbp.Sequential.value_and_manual_grad_with_state`, or
+``jax.value_and_grad(net.loss_and_state, has_aux=True)``), and evaluation uses them.
+Its Dropout layers draw their masks from :func:`dropout_key` of ``key`` and ``step``,
+a different key every step and the same on a rerun.
 
 An epoch (:func:`make_train_epoch`) is a single ``jax.jit`` program: it draws a
 permutation of the example *indices* with ``jax.random``, cuts it into
@@ -32,28 +40,40 @@ import numpy as np
 import optax
 
 from jaxbp import parallel, per_example
+from jaxbp.layers import BatchNorm, Dropout, Residual
 from jaxbp.mlp import MLP, Params
+from jaxbp.sequential import Sequential
 
 Array = jax.Array
+Net = MLP | Sequential
 
 #: The gradient sources a training step can use.
 GRAD_KINDS = ("manual", "autodiff")
+
+#: Folded into ``TrainState.key`` before the step to draw Dropout masks (see
+#: :func:`dropout_key`); any fixed number not used by another stream.
+_DROPOUT_STREAM = 0x44524F50  # "DROP"
 
 
 class TrainState(NamedTuple):
     """Everything that changes during training.
 
     Attributes:
-      params: the network parameters (list of ``{"w", "b"}`` dicts).
+      params: the network parameters (a list with one dict per layer).
       opt_state: the optax optimizer state.
       step: number of steps taken, an int32 scalar.
-      key: the PRNG key from which each epoch's shuffle is split.
+      key: the PRNG key from which each epoch's shuffle is split (and each step's
+        dropout key folded).
+      model_state: a :class:`~jaxbp.Sequential`'s non-trained state (BatchNorm's
+        running statistics, :meth:`~jaxbp.Sequential.init_state`); ``None`` for an
+        MLP.
     """
 
     params: Params
     opt_state: Any
     step: Array
     key: Array
+    model_state: Any = None
 
 
 class DivergenceError(FloatingPointError):
@@ -61,7 +81,7 @@ class DivergenceError(FloatingPointError):
 
 
 def init_train_state(
-    net: MLP,
+    net: Net,
     optimizer: optax.GradientTransformation,
     key: Array,
     *,
@@ -78,22 +98,91 @@ def init_train_state(
       params: start from these parameters instead of ``net.init``.
 
     Returns:
-      A :class:`TrainState` at step 0.
+      A :class:`TrainState` at step 0 (with a Sequential's initial
+      ``model_state`` in the parameters' dtype).
     """
     init_key, shuffle_key = jax.random.split(key)
     if params is None:
         params = net.init(init_key, dtype=dtype)
     else:
         net.check_params(params)
+    model_state = None
+    if isinstance(net, Sequential):
+        leaves = jax.tree.leaves(params)
+        model_state = net.init_state(
+            dtype=jnp.result_type(leaves[0]) if leaves else dtype
+        )
     return TrainState(
         params=params,
         opt_state=optimizer.init(params),
         step=jnp.zeros((), jnp.int32),
         key=shuffle_key,
+        model_state=model_state,
     )
 
 
-def value_and_grad_fn(net: MLP, grad: str) -> Callable:
+def dropout_key(key: Array, step) -> Array:
+    """The key of one training step's Dropout masks.
+
+    Like :func:`jaxbp.per_example.dp_noise_key`, it folds in a fixed stream id before
+    the step, so that it never equals a key split from ``key`` for a shuffle or
+    another stream's key; each layer then folds in its index
+    (:func:`jaxbp.layers.chain_forward`).
+
+    Args:
+      key: ``TrainState.key``.
+      step: ``TrainState.step`` (a traced integer inside the compiled step).
+
+    Returns:
+      ``fold_in(fold_in(key, 0x44524F50), step)``.
+    """
+    return jax.random.fold_in(jax.random.fold_in(key, _DROPOUT_STREAM), step)
+
+
+def _all_layers(layers):
+    """Every layer of a chain, those inside Residual blocks included."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Residual):
+            yield from _all_layers(layer.block)
+
+
+def _uses(net: Net, kind) -> bool:
+    """Whether a Sequential has a layer of this class anywhere."""
+    return isinstance(net, Sequential) and any(
+        isinstance(layer, kind) for layer in _all_layers(net.layers)
+    )
+
+
+def check_supported(
+    net: Net, *, dp: "DPConfig | None" = None, mesh: jax.sharding.Mesh | None = None
+) -> None:
+    """Raises ``ValueError`` for a combination the training step cannot run.
+
+    DP-SGD needs per-example gradients, which :mod:`jaxbp.per_example` computes for
+    an MLP only; data parallelism splits the batch, so BatchNorm's batch statistics
+    and Dropout's masks would differ from those of the whole batch on one device
+    (a Sequential without them trains on a mesh like an MLP).
+    """
+    if dp is not None and not isinstance(net, MLP):
+        raise ValueError(
+            "DP-SGD (dp_clip) needs per-example gradients, which jaxbp computes for "
+            "an MLP only so far, not for a Sequential network; train without dp_clip"
+        )
+    if mesh is not None:
+        parallel.num_data_shards(mesh)  # a mesh without a "data" axis is an error
+        for kind, why in (
+            (BatchNorm, "its batch statistics would be those of each device's share"),
+            (Dropout, "each device would draw the same masks for its share"),
+        ):
+            if _uses(net, kind):
+                raise ValueError(
+                    f"data-parallel training of a network with {kind.__name__} is "
+                    f"not supported ({why} of the batch); train on one device"
+                )
+
+
+def value_and_grad_fn(net: Net, grad: str) -> Callable:
     """``(params, x, y) -> (loss, grads)`` by the hand-derived rule or by autodiff.
 
     Args:
@@ -142,8 +231,40 @@ def _check_dp(dp: DPConfig | None) -> None:
         )
 
 
+def _sequential_value_and_grad(net: Sequential, grad: str, state: TrainState, x, y):
+    """``(loss, grads, model_state)`` of a Sequential on one batch."""
+    key = dropout_key(state.key, state.step) if _uses(net, Dropout) else None
+    if grad == "manual":
+        (loss, model_state), grads = net.value_and_manual_grad_with_state(
+            state.params, x, y, state=state.model_state, key=key
+        )
+    else:
+
+        def loss_and_state(params):
+            return net.loss_and_state(params, x, y, state=state.model_state, key=key)
+
+        (loss, model_state), grads = jax.value_and_grad(loss_and_state, has_aux=True)(
+            state.params
+        )
+    return loss, grads, model_state
+
+
 def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=None):
     """One optimisation step on a batch; returns the new state and the batch loss."""
+    if isinstance(net, Sequential) and mesh is None:
+        # Running statistics in, updated statistics out; a key for Dropout.
+        loss, grads, model_state = _sequential_value_and_grad(net, grad, state, x, y)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state._replace(
+            params=params,
+            opt_state=opt_state,
+            step=state.step + 1,
+            model_state=model_state,
+        )
+        return new_state, loss
+    # An MLP, or a Sequential without state or randomness on a mesh
+    # (check_supported): the plain value and gradient.
     if dp is None:
         value_and_grad = value_and_grad_fn(net, grad)
     else:
@@ -170,7 +291,7 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
 
 
 def make_train_step(
-    net: MLP,
+    net: Net,
     optimizer: optax.GradientTransformation,
     *,
     grad: str = "manual",
@@ -191,17 +312,16 @@ def make_train_step(
         key of each step is drawn from ``state.key`` and ``state.step``.
 
     Returns:
-      The compiled step. ``x`` is ``(B, sizes[0])`` float, ``y`` labels ``(B,)`` or
-      targets ``(B, sizes[-1])``; ``loss`` is the batch loss *before* the update.
+      The compiled step. ``x`` is ``(B, *input_shape)`` float, ``y`` labels ``(B,)``
+      or targets ``(B, K)``; ``loss`` is the batch loss *before* the update.
 
     Raises:
       ValueError: with a mesh, if ``B`` is not divisible by its device count (when the
-        step is traced).
+        step is traced); for what :func:`check_supported` refuses.
     """
     value_and_grad_fn(net, grad)  # validate `grad` eagerly
     _check_dp(dp)
-    if mesh is not None:
-        parallel.num_data_shards(mesh)
+    check_supported(net, dp=dp, mesh=mesh)
 
     @jax.jit
     def train_step(state: TrainState, batch):
@@ -215,7 +335,7 @@ def make_train_step(
 
 
 def make_train_epoch(
-    net: MLP,
+    net: Net,
     optimizer: optax.GradientTransformation,
     *,
     batch_size: int,
@@ -241,16 +361,18 @@ def make_train_epoch(
       dp: DP-SGD clipping and noise for every step (:class:`DPConfig`).
 
     Returns:
-      The compiled epoch. ``x`` is ``(N, sizes[0])`` float (or ``uint8`` pixels, which
-      are scaled to ``[0, 1]`` batch by batch), ``y`` labels ``(N,)`` or targets
-      ``(N, sizes[-1])``. ``metrics["loss"]`` holds each step's batch loss.
+      The compiled epoch. ``x`` is ``(N, *input_shape)`` float (or ``uint8``
+      pixels, which are scaled to ``[0, 1]`` batch by batch), ``y`` labels ``(N,)``
+      or targets ``(N, K)``. ``metrics["loss"]`` holds each step's batch loss.
 
     Raises:
       ValueError: if ``batch_size`` is not positive, not divisible by the mesh's
-        device count, or exceeds ``N`` (at call time).
+        device count, or exceeds ``N`` (at call time); for what
+        :func:`check_supported` refuses.
     """
     value_and_grad_fn(net, grad)
     _check_dp(dp)
+    check_supported(net, dp=dp, mesh=mesh)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if mesh is not None:
@@ -291,21 +413,30 @@ def _shuffled_indices(key: Array, n: int) -> Array:
     return jnp.argsort(jax.random.bits(key, (n,), jnp.uint32)).astype(jnp.int32)
 
 
+def _params_dtype(params: Params):
+    """The floating dtype of the parameters (their first leaf's)."""
+    return jnp.result_type(jax.tree.leaves(params)[0])
+
+
 def _as_float(x: Array, params: Params) -> Array:
     """Scales integer pixels to ``[0, 1]`` in the parameters' dtype; floats pass."""
     if jnp.issubdtype(x.dtype, jnp.integer):
-        dtype = jnp.result_type(params[0]["w"])
+        dtype = _params_dtype(params)
         return x.astype(dtype) / jnp.asarray(255, dtype)
     return x
 
 
 def make_evaluate(
-    net: MLP, *, batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None
-) -> Callable[[Params, Array, Array], dict]:
-    """A jitted evaluation ``(params, x, y) -> {"loss", "accuracy"}`` over all examples.
+    net: Net, *, batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None
+) -> Callable[..., dict]:
+    """A jitted evaluation ``(params, x, y, model_state=None) -> {"loss",
+    "accuracy"}`` over all examples.
 
     The data is padded up to a multiple of ``batch_size`` and the padding masked out,
-    so every example counts exactly once whatever ``N`` is.
+    so every example counts exactly once whatever ``N`` is. A
+    :class:`~jaxbp.Sequential` is evaluated in evaluation mode: BatchNorm uses the
+    running statistics ``model_state`` (``TrainState.model_state``), Dropout is the
+    identity.
 
     Args:
       net: the network spec.
@@ -327,7 +458,7 @@ def make_evaluate(
         batch_size = -(-batch_size // num_shards) * num_shards
 
     @jax.jit
-    def evaluate(params: Params, x: Array, y: Array):
+    def evaluate(params: Params, x: Array, y: Array, model_state=None):
         n = x.shape[0]
         num_batches = -(-n // batch_size)
         pad = num_batches * batch_size - n
@@ -335,11 +466,15 @@ def make_evaluate(
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         y = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1))
 
-        def sums(params, xs, ys, ms, *, local=False):
+        def sums(params, model_state, xs, ys, ms, *, local=False):
             def body(totals, batch):
                 xb, yb, mb = batch
                 xb, targets = net.check_batch(params, _as_float(xb, params), yb)
-                out = net.forward(params, xb)  # one forward pass for loss and accuracy
+                # One forward pass for loss and accuracy.
+                if isinstance(net, Sequential):
+                    out = net.forward(params, xb, state=model_state)
+                else:
+                    out = net.forward(params, xb)
                 per_example = net.loss_fn.per_example(out, targets)
                 labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
                 correct = jnp.argmax(out, axis=-1) == labels
@@ -347,7 +482,7 @@ def make_evaluate(
                 correct_sum = jnp.sum(jnp.where(mb, correct, False), dtype=jnp.int32)
                 return (totals[0] + loss_sum, totals[1] + correct_sum), None
 
-            zero = jnp.zeros((), jnp.result_type(params[0]["w"]))
+            zero = jnp.zeros((), _params_dtype(params))
             init = (zero, jnp.zeros((), jnp.int32))
             if local:  # inside shard_map: each device's running totals differ
                 init = jax.lax.pcast(init, parallel.DATA_AXIS, to="varying")
@@ -358,7 +493,7 @@ def make_evaluate(
 
         batches = (split(x), split(y), split(mask))
         if mesh is None:
-            loss_sum, correct = sums(params, *batches)
+            loss_sum, correct = sums(params, model_state, *batches)
         else:
             # Each device takes its columns of every batch; sum the devices' totals.
             spec = jax.sharding.PartitionSpec(None, parallel.DATA_AXIS)
@@ -367,9 +502,15 @@ def make_evaluate(
             loss_sum, correct = jax.shard_map(
                 lambda *args: jax.lax.psum(sums(*args, local=True), parallel.DATA_AXIS),
                 mesh=mesh,
-                in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
+                in_specs=(
+                    jax.sharding.PartitionSpec(),
+                    jax.sharding.PartitionSpec(),
+                    spec,
+                    spec,
+                    spec,
+                ),
                 out_specs=jax.sharding.PartitionSpec(),
-            )(params, *batches)
+            )(params, model_state, *batches)
         return {"loss": loss_sum / n, "accuracy": correct / n, "correct": correct}
 
     return evaluate
@@ -415,7 +556,7 @@ class EpochLog(NamedTuple):
 
 
 def fit(
-    net: MLP,
+    net: Net,
     optimizer: optax.GradientTransformation,
     state: TrainState,
     train_data: tuple[Array, Array],
@@ -440,7 +581,7 @@ def fit(
       net: the network spec.
       optimizer: the optax optimizer ``state.opt_state`` belongs to.
       state: the starting :class:`TrainState` (fresh, or restored to resume).
-      train_data: ``(x, y)``, ``x`` ``(N, sizes[0])`` float or ``uint8``.
+      train_data: ``(x, y)``, ``x`` ``(N, *input_shape)`` float or ``uint8``.
       epochs: the epoch to stop after (counting from the start of training).
       batch_size: examples per step.
       grad: ``"manual"`` or ``"autodiff"``.
@@ -478,7 +619,7 @@ def fit(
             xt, yt = parallel.replicate((xt, yt), mesh)
         t0 = time.perf_counter()
         evaluate = make_evaluate(net, batch_size=eval_batch_size, mesh=mesh)
-        evaluate = evaluate.lower(state.params, xt, yt).compile()
+        evaluate = evaluate.lower(state.params, xt, yt, state.model_state).compile()
         timing["eval_compile_s"] = time.perf_counter() - t0
     trained_per_epoch = (x.shape[0] // batch_size) * batch_size
     logs = []
@@ -491,7 +632,7 @@ def fit(
         check_finite(losses, first_step)
         test_loss = test_acc = float("nan")
         if evaluate is not None:
-            result = evaluate(state.params, xt, yt)
+            result = evaluate(state.params, xt, yt, state.model_state)
             test_loss = float(result["loss"])
             test_acc = int(result["correct"]) / xt.shape[0]
         log = EpochLog(
