@@ -58,6 +58,7 @@ from jaxbp.activations import ACTIVATIONS
 from jaxbp.activations import Activation
 from jaxbp.activations import get_activation
 from jaxbp.checkpoint import load_checkpoint
+from jaxbp.checkpoint import load_model_state
 from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
 from jaxbp.config import TrainConfig
@@ -130,6 +131,7 @@ __all__ = (
     "layers",
     "load_checkpoint",
     "load_dataset",
+    "load_model_state",
     "load_params",
     "load_xy",
     "losses",
