@@ -3,8 +3,9 @@
 ``jaxbp check`` prints the per-leaf report of manual against autodiff (and finite
 difference) gradients; ``jaxbp train`` trains an MLP (or, with ``--model``, any
 :class:`~jaxbp.Sequential` network) on MNIST or Fashion-MNIST and writes
-``metrics.json``, ``checkpoint.npz`` and ``curves.png`` to ``--out``; ``jaxbp
-download`` fetches a dataset into the cache.
+``metrics.json``, ``checkpoint.npz`` and ``curves.png`` to ``--out``, showing the
+progress of a long epoch on stderr; ``jaxbp download`` fetches a dataset into the
+cache.
 
 ``jaxbp train`` is input and output around :mod:`jaxbp.config`: its flags make a
 :class:`~jaxbp.config.TrainConfig` (whose defaults are the flags' defaults),
@@ -23,6 +24,7 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 import jax
 import numpy as np
@@ -214,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train an MLP or another network on MNIST or Fashion-MNIST",
         description="Train an MLP, or the network of --model, with the "
         "hand-derived (manual) or automatic gradient. Writes metrics.json, "
-        "checkpoint.npz and (with matplotlib) curves.png to --out.",
+        "checkpoint.npz and (with matplotlib) curves.png to --out; an epoch that "
+        "takes more than a few seconds shows its progress on stderr.",
     )
     tr.add_argument(
         "--dataset",
@@ -584,6 +587,75 @@ def _default_run_name(config: TrainConfig) -> str:
     return f"{config.dataset}-{name}-{config.grad}"
 
 
+class _EpochProgress:
+    """Shows how far a long epoch has got, on stderr.
+
+    Nothing for an epoch's first ``after_s`` seconds (most epochs of an MLP end
+    before); then a bar rewritten in place on a terminal (at most every
+    ``redraw_s``), or a plain line every ``line_every_s`` otherwise. The bar is
+    erased when the epoch ends, before its summary line is printed.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        bar: bool,
+        after_s: float = 3.0,
+        redraw_s: float = 0.2,
+        line_every_s: float = 10.0,
+    ):
+        self.stream = stream
+        self.bar = bar
+        self.after_s = after_s
+        self.every_s = redraw_s if bar else line_every_s
+        self.shown_at: float | None = None  # elapsed_s of the last line shown
+        self.done = 0
+
+    def __call__(self, p: train.EpochProgress) -> None:
+        if p.done == 0:  # a new epoch
+            self.shown_at, self.done = None, 0
+            return
+        if p.done < self.done:  # a callback that arrived late
+            return
+        self.done = p.done
+        if p.done == p.steps:
+            if self.bar and self.shown_at is not None:
+                self._write("\r\x1b[K")  # erase the bar
+            self.shown_at = None
+            return
+        if p.elapsed_s < self.after_s:
+            return
+        if self.shown_at is not None and p.elapsed_s - self.shown_at < self.every_s:
+            return
+        self.shown_at = p.elapsed_s
+        left = p.elapsed_s * (p.steps - p.done) / p.done
+        text = (
+            f"epoch {p.epoch}/{p.epochs}: step {p.done:,}/{p.steps:,} "
+            f"({100 * p.done / p.steps:3.0f} %), {p.elapsed_s:.0f} s, about "
+            f"{left:.0f} s left"
+        )
+        if self.bar:
+            width = 24
+            filled = width * p.done // p.steps
+            self._write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\x1b[K")
+        else:
+            self._write(text + "\n")
+
+    def close(self) -> None:
+        """Ends a bar left on the screen (by an interrupted epoch)."""
+        if self.bar and self.shown_at is not None:
+            self._write("\n")
+            self.shown_at = None
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed stream must not stop the training
+            pass
+
+
 def run_train(args) -> int:
     """``jaxbp train``: the flags' :class:`TrainConfig`, set up, fitted, recorded."""
     config = config_from_args(args)
@@ -709,9 +781,20 @@ def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
     if start_epoch >= config.epochs:
         print(f"{out} already trained {start_epoch} epochs; nothing to do")
         return 0
-    _, _, compile_timing = fit(
-        run, start_epoch=start_epoch, on_epoch=on_epoch, mesh=mesh
-    )
+    progress = None
+    if not args.quiet:
+        progress = _EpochProgress(sys.stderr, bar=sys.stderr.isatty())
+    try:
+        _, _, compile_timing = fit(
+            run,
+            start_epoch=start_epoch,
+            on_epoch=on_epoch,
+            mesh=mesh,
+            on_progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     timing.update(compile_timing)
     write_metrics()
     title = f"{run.net}, {config.grad} gradients"

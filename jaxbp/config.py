@@ -423,6 +423,7 @@ def fit(
     start_epoch: int = 0,
     on_epoch: Callable[[train.TrainState, train.EpochLog], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    on_progress: Callable[[train.EpochProgress], None] | None = None,
 ) -> tuple[train.TrainState, list[train.EpochLog], dict]:
     """Trains ``run.state`` as its config says (:func:`jaxbp.train.fit`).
 
@@ -432,6 +433,8 @@ def fit(
       start_epoch: epochs ``run.state`` has already trained.
       on_epoch: called with ``(state, log)`` after every epoch.
       mesh: train data-parallel over this mesh's ``"data"`` axis.
+      on_progress: called with a :class:`~jaxbp.train.EpochProgress` while each
+        epoch runs (see :func:`jaxbp.train.fit`).
 
     Returns:
       ``(state, logs, timing)`` as :func:`jaxbp.train.fit` returns them.
@@ -453,4 +456,5 @@ def fit(
         on_epoch=on_epoch,
         mesh=mesh,
         dp=config.dp,
+        on_progress=on_progress,
     )

@@ -50,6 +50,17 @@ Net = MLP | Sequential
 #: The gradient sources a training step can use.
 GRAD_KINDS = ("manual", "autodiff")
 
+#: How often an epoch reports its progress by default (:func:`make_train_epoch`'s
+#: ``on_steps``), and how often :func:`fit`'s first epoch does. Each report is a host
+#: callback costing about 1 ms on a busy 2-core machine; five are under 1 % of the
+#: 784-100-10 MLP's 0.75 s MNIST epoch.
+REPORTS_PER_EPOCH = 5
+
+#: Once an epoch's pace is known, :func:`fit` has the next report its progress about
+#: this often (seconds), or not at all if it was shorter: a report a second costs
+#: about 0.1 % of any epoch.
+PROGRESS_INTERVAL_S = 1.0
+
 #: Folded into ``TrainState.key`` before the step to draw Dropout masks (see
 #: :func:`dropout_key`); any fixed number not used by another stream.
 _DROPOUT_STREAM = 0x44524F50  # "DROP"
@@ -342,12 +353,16 @@ def make_train_epoch(
     grad: str = "manual",
     mesh: jax.sharding.Mesh | None = None,
     dp: DPConfig | None = None,
+    on_steps: Callable[[int, int], None] | None = None,
+    report_every: int | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
     """A jitted epoch ``(state, x, y) -> (state, {"loss": (num_batches,)})``.
 
     The epoch splits ``state.key`` into this epoch's shuffle key and the next state's
     key, permutes the example indices, and scans over ``N // batch_size`` batches,
-    gathering each one from ``x`` and ``y`` inside the loop.
+    gathering each one from ``x`` and ``y`` inside the loop. With ``on_steps`` it
+    also takes ``report_every`` as a fourth argument (an integer array, so that it
+    can change from call to call without a recompile).
 
     Args:
       net: the network spec.
@@ -359,6 +374,13 @@ def make_train_epoch(
         :func:`jaxbp.parallel.replicate`); each device gathers its own rows of every
         batch from its copy of the training set.
       dp: DP-SGD clipping and noise for every step (:class:`DPConfig`).
+      on_steps: called on the host as ``on_steps(done, num_batches)`` while the
+        epoch runs, after every ``report_every`` steps (through
+        ``jax.debug.callback``; the order of calls is not guaranteed). ``None``
+        compiles no callback. The results are the same either way.
+      report_every: steps between calls of ``on_steps`` when the epoch is called
+        without a ``report_every`` of its own; default
+        ``ceil(num_batches / REPORTS_PER_EPOCH)``.
 
     Returns:
       The compiled epoch. ``x`` is ``(N, *input_shape)`` float (or ``uint8``
@@ -377,15 +399,20 @@ def make_train_epoch(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
+    if report_every is not None and report_every <= 0:
+        raise ValueError(f"report_every must be positive, got {report_every}")
 
     @jax.jit
-    def train_epoch(state: TrainState, x: Array, y: Array):
+    def train_epoch(state: TrainState, x: Array, y: Array, every=None):
         n = x.shape[0]
         num_batches = n // batch_size
         if num_batches == 0:
             raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
         key, next_key = jax.random.split(state.key)
         order = _shuffled_indices(key, n)[: num_batches * batch_size]
+        first_step = state.step
+        if every is None:
+            every = report_every or -(-num_batches // REPORTS_PER_EPOCH)
 
         def body(state, idx):
             if mesh is None:
@@ -393,7 +420,12 @@ def make_train_epoch(
             else:
                 xb, yb = parallel.take_rows((x, y), idx, mesh)
                 xb = _as_float(xb, state.params)
-            return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp)
+            state, loss = _apply_step(
+                net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp
+            )
+            if on_steps is not None:
+                _report(on_steps, state.step - first_step, num_batches, every)
+            return state, loss
 
         state, losses = jax.lax.scan(
             body, state, order.reshape(num_batches, batch_size)
@@ -401,6 +433,16 @@ def make_train_epoch(
         return state._replace(key=next_key), {"loss": losses}
 
     return train_epoch
+
+
+def _report(on_steps, done: Array, total: int, every) -> None:
+    """Inside the epoch: ``on_steps(done, total)`` on the host every ``every`` steps
+    (a Python or traced integer; more than ``total``: never)."""
+
+    def call():
+        jax.debug.callback(lambda d: on_steps(int(d), total), done)
+
+    jax.lax.cond(done % every == 0, call, lambda: None)
 
 
 def _shuffled_indices(key: Array, n: int) -> Array:
@@ -555,6 +597,24 @@ class EpochLog(NamedTuple):
     samples_per_s: float
 
 
+class EpochProgress(NamedTuple):
+    """Where an epoch of :func:`fit` stands while it runs.
+
+    Attributes:
+      epoch: 1-based epoch number.
+      epochs: the epoch training stops after.
+      done: steps of this epoch taken so far.
+      steps: steps in the epoch.
+      elapsed_s: seconds since the epoch started.
+    """
+
+    epoch: int
+    epochs: int
+    done: int
+    steps: int
+    elapsed_s: float
+
+
 def fit(
     net: Net,
     optimizer: optax.GradientTransformation,
@@ -570,6 +630,7 @@ def fit(
     on_epoch: Callable[[TrainState, EpochLog], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     dp: DPConfig | None = None,
+    on_progress: Callable[[EpochProgress], None] | None = None,
 ) -> tuple[TrainState, list[EpochLog], dict]:
     """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
 
@@ -594,6 +655,12 @@ def fit(
         both datasets are first replicated on it, each batch is split over its
         devices (``batch_size`` must be divisible by their number).
       dp: train with DP-SGD's per-example clipping and noise (:class:`DPConfig`).
+      on_progress: called with an :class:`EpochProgress` as each epoch starts,
+        while it runs (from inside the compiled epoch, :func:`make_train_epoch`'s
+        ``on_steps``: :data:`REPORTS_PER_EPOCH` times in the first epoch, then
+        about every :data:`PROGRESS_INTERVAL_S` at the pace of the epoch before,
+        or not at all if that epoch was shorter) and when it ends: to show
+        progress. It must return quickly; the results do not depend on it.
 
     Returns:
       ``(state, logs, timing)``: the final state, one :class:`EpochLog` per epoch run,
@@ -606,11 +673,31 @@ def fit(
     if mesh is not None:
         state = replicate_train_state(state, mesh)
         x, y = parallel.replicate((x, y), mesh)
+    epoch_start = [0, 0.0]  # the running epoch and its start time, for on_steps
+
+    def on_steps(done: int, steps: int) -> None:
+        epoch, t0 = epoch_start
+        elapsed = time.perf_counter() - t0
+        on_progress(EpochProgress(epoch, epochs, done, steps, elapsed))
+
     train_epoch = make_train_epoch(
-        net, optimizer, batch_size=batch_size, grad=grad, mesh=mesh, dp=dp
+        net,
+        optimizer,
+        batch_size=batch_size,
+        grad=grad,
+        mesh=mesh,
+        dp=dp,
+        on_steps=None if on_progress is None else on_steps,
     )
+    steps_per_epoch = x.shape[0] // batch_size
+    # Steps between progress reports (the epoch's fourth argument): a fifth of the
+    # first epoch, then as the pace of the epoch before says.
+    report_every = ()
+    if on_progress is not None:
+        first = -(-steps_per_epoch // REPORTS_PER_EPOCH)
+        report_every = (jnp.asarray(first, jnp.int32),)
     t0 = time.perf_counter()
-    compiled = train_epoch.lower(state, x, y).compile()
+    compiled = train_epoch.lower(state, x, y, *report_every).compile()
     timing = {"compile_s": time.perf_counter() - t0, "eval_compile_s": 0.0}
     evaluate = None
     if test_data is not None:
@@ -621,14 +708,26 @@ def fit(
         evaluate = make_evaluate(net, batch_size=eval_batch_size, mesh=mesh)
         evaluate = evaluate.lower(state.params, xt, yt, state.model_state).compile()
         timing["eval_compile_s"] = time.perf_counter() - t0
-    trained_per_epoch = (x.shape[0] // batch_size) * batch_size
+    trained_per_epoch = steps_per_epoch * batch_size
     logs = []
     for epoch in range(start_epoch + 1, epochs + 1):
         first_step = int(state.step) + 1
+        if on_progress is not None:
+            on_progress(EpochProgress(epoch, epochs, 0, steps_per_epoch, 0.0))
         t0 = time.perf_counter()
-        state, metrics = compiled(state, x, y)
+        epoch_start[:] = [epoch, t0]
+        state, metrics = compiled(state, x, y, *report_every)
         losses = np.asarray(metrics["loss"])  # waits for the epoch to finish
         elapsed = time.perf_counter() - t0
+        if on_progress is not None:
+            on_progress(
+                EpochProgress(epoch, epochs, steps_per_epoch, steps_per_epoch, elapsed)
+            )
+            # About one report a PROGRESS_INTERVAL_S at this epoch's pace; none
+            # (more steps than the epoch has) if it was shorter.
+            paced = round(steps_per_epoch * PROGRESS_INTERVAL_S / elapsed)
+            paced = min(max(paced, 1), steps_per_epoch + 1)
+            report_every = (jnp.asarray(paced, jnp.int32),)
         check_finite(losses, first_step)
         test_loss = test_acc = float("nan")
         if evaluate is not None:

@@ -648,15 +648,23 @@ MODEL = (
     "flatten,dropout(0.25),dense(10)"
 )
 MODEL_FLAGS = {"hidden": None, "epochs": "1", "optimizer": "sgd", "lr": "0.05"}
+_REAL_PROGRESS_INIT = cli._EpochProgress.__init__
+
+
+def _eager_progress_init(self, stream, *, bar, **_):
+    """Progress from the first step on, a plain line at each report."""
+    _REAL_PROGRESS_INIT(self, stream, bar=bar, after_s=0.0, line_every_s=0.0)
 
 
 @pytest.fixture(scope="module")
 def model_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
-    """One epoch of ``MODEL`` with each gradient (autodiff with ``--quiet``)."""
+    """One epoch of ``MODEL`` with each gradient: manual with progress lines shown
+    from the first step, autodiff with ``--quiet``."""
     runs = {}
     folder = tmp_path_factory.mktemp("model")
     with pytest.MonkeyPatch.context() as m:
         m.setattr(jaxbp.data, "load_dataset", _load_any_size)
+        m.setattr(cli._EpochProgress, "__init__", _eager_progress_init)
         for grad, extra in (("manual", []), ("autodiff", ["--quiet"])):
             out = folder / grad
             argv = _argv(tiny_data, out, *extra, model=MODEL, grad=grad, **MODEL_FLAGS)
@@ -704,6 +712,43 @@ def test_model_checkpoint_holds_the_network_and_its_statistics(model_runs, tiny_
     logits = np.asarray(net.forward(params, x, state=state))
     accuracy = np.mean(np.argmax(logits, axis=1) == labels)
     assert _metrics(run.out)["final_test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_progress_lines_while_an_epoch_runs_and_none_when_quiet(model_runs):
+    manual, quiet = model_runs["manual"], model_runs["autodiff"]
+    lines = manual.stderr.splitlines()
+    steps = []
+    for line in lines:
+        match = re.fullmatch(
+            rf"epoch 1/1: step (\d+)/{STEPS_PER_EPOCH} \( *\d+ %\), \d+ s, about "
+            r"\d+ s left",
+            line,
+        )
+        assert match, line
+        steps.append(int(match[1]))
+    # A first epoch reports every fifth of its 18 steps (every 4th); not the last,
+    # which the epoch's own line follows.
+    assert steps == list(range(4, STEPS_PER_EPOCH, 4))
+    assert "\r" not in manual.stderr  # plain lines, not a bar, off a terminal
+    assert quiet.stderr == "" and quiet.stdout.startswith("final test accuracy")
+
+
+def test_progress_bar_on_a_terminal():
+    stream = io.StringIO()
+    show = cli._EpochProgress(stream, bar=True, after_s=1.0, redraw_s=0.5)
+    for done, elapsed in [(0, 0), (10, 0.5), (20, 1.0), (25, 1.2), (40, 2.0), (80, 4)]:
+        show(jaxbp.train.EpochProgress(2, 3, done, 80, elapsed))
+    text = stream.getvalue()
+    frames = text.split("\r")[1:]
+    assert len(frames) == 3  # after 1 s, every 0.5 s, then erased
+    assert frames[0].startswith("[######..................] epoch 2/3: step 20/80")
+    assert frames[1].startswith("[############............] epoch 2/3: step 40/80")
+    assert frames[2] == "\x1b[K"
+    quiet = io.StringIO()
+    show = cli._EpochProgress(quiet, bar=True)
+    for done in (0, 5, 10):  # an epoch under 3 s shows nothing
+        show(jaxbp.train.EpochProgress(1, 1, done, 10, done / 10))
+    assert quiet.getvalue() == ""
 
 
 def test_resume_with_another_model_is_refused_naming_it(

@@ -633,3 +633,58 @@ def test_sequential_without_state_on_a_mesh_matches_no_mesh():
         train.replicate_train_state(state, mesh), (x, y)
     )[0]
     chex.assert_trees_all_close(sharded.params, plain.params, rtol=1e-6, atol=1e-7)
+
+
+# --- progress while an epoch runs
+def test_progress_callback_leaves_the_epoch_bitwise_unchanged():
+    optimizer = optim.make_optimizer("adam", 1e-2)
+    state = train.init_train_state(NET, optimizer, jax.random.key(0))
+    x, y = _data(100)  # 12 batches of 8
+    calls = []
+    plain = train.make_train_epoch(NET, optimizer, batch_size=8)
+    reporting = train.make_train_epoch(
+        NET,
+        optimizer,
+        batch_size=8,
+        on_steps=lambda done, total: calls.append((done, total)),
+        report_every=5,
+    )
+    a, metrics_a = plain(state, x, y)
+    b, metrics_b = reporting(state, x, y)
+    assert _trees_equal(a._replace(key=None), b._replace(key=None))
+    assert np.array_equal(_key_data(a.key), _key_data(b.key))
+    assert _trees_equal(metrics_a, metrics_b)
+    jax.effects_barrier()
+    assert sorted(calls) == [(5, 12), (10, 12)]
+    calls.clear()  # the interval may change from call to call, without a recompile
+    reporting(state, x, y, jnp.asarray(4, jnp.int32))
+    reporting(state, x, y, jnp.asarray(13, jnp.int32))  # longer than the epoch
+    jax.effects_barrier()
+    assert sorted(calls) == [(4, 12), (8, 12), (12, 12)]
+    if hasattr(reporting, "_cache_size"):
+        assert reporting._cache_size() == 2  # the default, and any array
+    with pytest.raises(ValueError, match="report_every"):
+        train.make_train_epoch(NET, optimizer, batch_size=8, report_every=0)
+
+
+def test_fit_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
+    seen = []
+    state, logs, _ = _fit(epochs=3, on_progress=seen.append)
+    steps = N // BATCH
+    by_epoch = {e: [p for p in seen if p.epoch == e] for e in (1, 2, 3)}
+    for mine in by_epoch.values():
+        assert mine[0].done == 0 and mine[-1].done == steps
+        assert all(p.steps == steps and p.epochs == 3 for p in mine)
+        assert all(p.elapsed_s >= 0 for p in mine)
+    # The first epoch reports every fifth of its steps (of 3: each); it took far
+    # less than PROGRESS_INTERVAL_S, so the next ones report only (from the host)
+    # their start and end.
+    assert {p.done for p in by_epoch[1]} == set(range(steps + 1))
+    assert {p.done for p in by_epoch[2]} == {p.done for p in by_epoch[3]} == {0, steps}
+    plain, _, _ = _fit(epochs=3)
+    assert _trees_equal(state.params, plain.params)
+    # An epoch much slower than PROGRESS_INTERVAL_S makes the next report each step.
+    monkeypatch.setattr(train, "PROGRESS_INTERVAL_S", 1e-9)
+    seen.clear()
+    _fit(epochs=2, on_progress=seen.append)
+    assert {p.done for p in seen if p.epoch == 2} == set(range(steps + 1))
