@@ -22,7 +22,9 @@ model -> gradients -> train -> CLI):
   and finite differences, leaf by leaf; a package of ``inputs`` (validation),
   ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
   ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
-* ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping;
+* ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
+  ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
+  rule;
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
 * ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
 * ``jaxbp.optim``: optimizers and learning-rate schedules by name;
@@ -51,6 +53,7 @@ from jaxbp import models
 from jaxbp import optim
 from jaxbp import parallel
 from jaxbp import per_example
+from jaxbp import per_example_layers
 from jaxbp import sequential
 from jaxbp import train
 from jaxbp import validation
@@ -147,6 +150,7 @@ __all__ = (
     "per_example",
     "per_example_grad_norms",
     "per_example_grads",
+    "per_example_layers",
     "save_checkpoint",
     "sequential",
     "to_float",

@@ -28,6 +28,14 @@ arXiv:1510.01799):
   Differential Privacy", arXiv:1607.00133) at about the cost of one ordinary backward
   pass (:func:`clipped_grad`, :func:`make_dp_value_and_grad`).
 
+A :class:`~jaxbp.Sequential` network gets the same three from one batched backward
+pass too (:meth:`~jaxbp.Sequential.deltas` with ``batch_mean=False`` gives every
+layer's per-example output cotangent) and each layer's rule in
+:mod:`jaxbp.per_example_layers`: a convolution's norms from its unfolded patches,
+LayerNorm's from its small per-example gradients, and the weighted sum from each
+layer's own backward given the scaled cotangents. BatchNorm, which makes every
+example's loss depend on the whole batch, is refused (:func:`check_per_example`).
+
 The noise follows the convention of
 :func:`optax.contrib.differentially_private_aggregate`: the clipped per-example
 gradients are *summed*, Gaussian noise of standard deviation ``noise_multiplier *
@@ -47,13 +55,50 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbp import backward
+from jaxbp import backward, per_example_layers
+from jaxbp.layers import Dropout
 from jaxbp.mlp import MLP, Params
+from jaxbp.sequential import Sequential
 
 Array = jax.Array
+Net = MLP | Sequential
 
 #: The ways :func:`per_example_grads` can compute per-example gradients.
 METHODS = ("manual", "autodiff")
+
+
+def check_per_example(net: Net) -> None:
+    """Raises ``ValueError`` if jaxbp cannot give ``net`` per-example gradients.
+
+    An :class:`~jaxbp.MLP` always can. A :class:`~jaxbp.Sequential` can when every
+    layer, in Residual blocks too, has a rule in :mod:`jaxbp.per_example_layers`;
+    BatchNorm is refused, because in training mode every example's output depends on
+    the whole batch (DP-SGD with it is not private). The message names the layer
+    (``layer 2 of 4, BatchNorm()``), says why and what to use instead.
+
+    Args:
+      net: the network spec.
+    """
+    if isinstance(net, Sequential):
+        per_example_layers.check_layers(net.layers, net.describe_layer)
+
+
+def _check_net(net: Net, dropout_key) -> None:
+    """:func:`check_per_example`, and a key when a Dropout layer draws masks."""
+    check_per_example(net)
+    if dropout_key is None and _draws_masks(net):
+        raise ValueError(
+            f"{net} has Dropout, which draws a random mask for the batch in "
+            "training: pass dropout_key= (a jax.random key, a fresh one each step)"
+        )
+
+
+def _draws_masks(net: Net) -> bool:
+    """Whether a Sequential has a Dropout layer that drops anything."""
+    return isinstance(net, Sequential) and any(
+        isinstance(layer, Dropout) and layer.rate > 0
+        for layer in per_example_layers.leaf_layers(net.layers)
+    )
 
 
 def _per_example_deltas(net: MLP, params: Params, x: Array, y: Array):
@@ -64,26 +109,66 @@ def _per_example_deltas(net: MLP, params: Params, x: Array, y: Array):
     return targets, cache, deltas
 
 
+def _sequential_deltas(net: Sequential, params: Params, x: Array, y: Array, key):
+    """Checked targets, the output, the caches and every leaf layer's per-example
+    output cotangent (:func:`~jaxbp.per_example_layers.expand_deltas`)."""
+    x, targets = net.check_batch(params, x, y)
+    # delta_i = dl_i/dy: each example's own loss (no 1/B), every layer's output
+    (out, caches, _), deltas = net.deltas(params, x, targets, batch_mean=False, key=key)
+    deltas = per_example_layers.expand_deltas(net.layers, params, caches, deltas)
+    return targets, out, caches, deltas
+
+
+def _vmap_grad(net: Net, params: Params, x: Array, y: Array, dropout_key) -> Params:
+    """``jax.vmap(jax.grad(l_i))``: each example's gradient by autodiff."""
+    if _draws_masks(net):
+        # Dropout draws one mask for the whole batch, which a batch of one would not
+        # reproduce: example i's loss is read off the batch's forward pass (exact, at
+        # the cost of one backward pass of the whole batch per example).
+        def batch_example_loss(p, i):
+            return net.per_example_loss(p, x, y, key=dropout_key)[i]
+
+        index = jnp.arange(x.shape[0])
+        return jax.vmap(jax.grad(batch_example_loss), in_axes=(None, 0))(params, index)
+
+    def example_loss(p, x_i, y_i):
+        return net.loss(p, x_i[None], y_i[None])
+
+    return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
+
+
 def per_example_grads(
-    net: MLP, params: Params, x: Array, y: Array, *, method: str = "manual"
+    net: Net,
+    params: Params,
+    x: Array,
+    y: Array,
+    *,
+    method: str = "manual",
+    dropout_key: Array | None = None,
 ) -> Params:
     """The gradient of each example's own loss, materialised.
 
     Args:
-      net: the network spec.
-      params: the parameter list.
-      x: inputs ``(B, sizes[0])``.
-      y: integer labels ``(B,)`` or float targets ``(B, sizes[-1])``.
-      method: ``"manual"`` (batched outer products of the hand-derived deltas, no
-        autodiff) or ``"autodiff"`` (``jax.vmap(jax.grad(...))`` over the examples).
+      net: the network spec, an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`
+        (without BatchNorm, see :func:`check_per_example`).
+      params: the parameters.
+      x: inputs ``(B, sizes[0])`` (``(B, *input_shape)`` for a Sequential).
+      y: integer labels ``(B,)`` or float targets ``(B, K)``.
+      method: ``"manual"`` (the hand-derived per-example cotangents and each layer's
+        rule, :mod:`jaxbp.per_example_layers`; no autodiff) or ``"autodiff"``
+        (``jax.vmap(jax.grad(...))`` over the examples).
+      dropout_key: a ``jax.random`` key for a Sequential's Dropout masks (drawn for
+        the whole batch, as :meth:`~jaxbp.Sequential.loss` draws them with
+        ``key=``); needed only when the network has Dropout.
 
     Returns:
-      A pytree shaped like ``params`` with a leading batch axis: one
-      ``{"w": (B, fan_in, fan_out), "b": (B, fan_out)}`` per layer, where entry ``i``
-      is ``dl_i/dtheta``; its mean over the batch axis is ``net.manual_grad``.
+      A pytree shaped like ``params`` with a leading batch axis (for an MLP, one
+      ``{"w": (B, fan_in, fan_out), "b": (B, fan_out)}`` per layer), where entry
+      ``i`` is ``dl_i/dtheta``; its mean over the batch axis is ``net.manual_grad``.
 
     Raises:
-      ValueError: for an unknown ``method``.
+      ValueError: for an unknown ``method``, a network without per-example
+        gradients (:func:`check_per_example`) or Dropout without ``dropout_key``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -94,33 +179,34 @@ def per_example_grads(
       >>> grads[0]["w"].shape, grads[1]["b"].shape
       ((5, 3, 4), (5, 2))
     """
+    if isinstance(net, Sequential):
+        _check_net(net, dropout_key)
+        if method == "manual":
+            _, _, caches, deltas = _sequential_deltas(net, params, x, y, dropout_key)
+            return per_example_layers.per_example_grads(
+                net.layers, params, caches, deltas
+            )
+        if method == "autodiff":
+            return _vmap_grad(net, params, x, y, dropout_key)
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "manual":
         _, cache, deltas = _per_example_deltas(net, params, x, y)
         return [
             # dl_i/dW_l = a_{l-1,i} (x) delta_{l,i} ;  dl_i/db_l = delta_{l,i}
-            {"w": jnp.einsum("bi,bo->bio", a_prev, delta), "b": delta}
+            per_example_layers.dense_grads(a_prev, delta)
             for a_prev, delta in zip(cache.a[:-1], deltas, strict=True)
         ]
     if method == "autodiff":
         net.check_batch(params, x, y)
-
-        def example_loss(p, x_i, y_i):
-            return net.loss(p, x_i[None], y_i[None])
-
-        return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
+        return _vmap_grad(net, params, x, y, dropout_key)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def _sq_norms(cache: backward.ForwardCache, deltas: list[Array]) -> Params:
     """Per-layer ``{"w": (B,), "b": (B,)}`` squared gradient norms from a cache."""
     return [
-        {
-            # ||dl_i/dW_l||_F^2 = ||a_{l-1,i} (x) delta_{l,i}||_F^2
-            #                   = ||a_{l-1,i}||^2 ||delta_{l,i}||^2
-            "w": jnp.sum(a_prev * a_prev, axis=1) * jnp.sum(delta * delta, axis=1),
-            # ||dl_i/db_l||^2 = ||delta_{l,i}||^2
-            "b": jnp.sum(delta * delta, axis=1),
-        }
+        # ||dl_i/dW_l||_F^2 = ||a_{l-1,i}||^2 ||delta_{l,i}||^2 ; ||dl_i/db_l||^2
+        per_example_layers.dense_sq_norms(a_prev, delta)
         for a_prev, delta in zip(cache.a[:-1], deltas, strict=True)
     ]
 
@@ -130,40 +216,54 @@ def _total_norms(sq_norms: Params) -> Array:
     return jnp.sqrt(sum(jax.tree.leaves(sq_norms)))
 
 
-def per_example_sq_norms(net: MLP, params: Params, x: Array, y: Array) -> Params:
+def per_example_sq_norms(
+    net: Net, params: Params, x: Array, y: Array, *, dropout_key: Array | None = None
+) -> Params:
     """Squared L2 norm of each example's gradient, layer by layer, not materialised.
 
-    Uses ``||a_i (x) delta_i||_F^2 = ||a_i||^2 ||delta_i||^2`` (Goodfellow 2015), so the
-    cost is one forward and one backward pass plus ``O(B sum_l n_l)``; no
-    ``(B, fan_in, fan_out)`` array is formed.
+    For a dense layer ``||a_i (x) delta_i||_F^2 = ||a_i||^2 ||delta_i||^2`` (Goodfellow
+    2015), so the cost is one forward and one backward pass plus ``O(B sum_l n_l)``;
+    no ``(B, fan_in, fan_out)`` array is formed. A Sequential's other layers use their
+    rules (:mod:`jaxbp.per_example_layers`): a convolution's from its unfolded
+    patches and output cotangents, by whichever of the Gram form and the
+    materialised gradient is cheaper for its sizes.
 
     Args:
-      net: the network spec.
-      params: the parameter list.
-      x: inputs ``(B, sizes[0])``.
-      y: labels ``(B,)`` or targets ``(B, sizes[-1])``.
+      net: the network spec (see :func:`per_example_grads`).
+      params: the parameters.
+      x: inputs ``(B, sizes[0])`` (``(B, *input_shape)`` for a Sequential).
+      y: labels ``(B,)`` or targets ``(B, K)``.
+      dropout_key: the key of a Sequential's Dropout masks, if it has Dropout.
 
     Returns:
-      A pytree shaped like ``params`` whose leaves are ``(B,)``: leaf ``[l]["w"][i]``
-      is ``||dl_i/dW_l||_F^2`` and ``[l]["b"][i]`` is ``||dl_i/db_l||^2``.
+      A pytree shaped like ``params`` whose leaves are ``(B,)``: for an MLP, leaf
+      ``[l]["w"][i]`` is ``||dl_i/dW_l||_F^2`` and ``[l]["b"][i]`` is
+      ``||dl_i/db_l||^2``.
     """
+    if isinstance(net, Sequential):
+        _check_net(net, dropout_key)
+        _, _, caches, deltas = _sequential_deltas(net, params, x, y, dropout_key)
+        return per_example_layers.sq_norms(net.layers, params, caches, deltas)
     _, cache, deltas = _per_example_deltas(net, params, x, y)
     return _sq_norms(cache, deltas)
 
 
-def per_example_grad_norms(net: MLP, params: Params, x: Array, y: Array) -> Array:
+def per_example_grad_norms(
+    net: Net, params: Params, x: Array, y: Array, *, dropout_key: Array | None = None
+) -> Array:
     """The global L2 norm of each example's gradient over all layers, not materialised.
 
     Args:
-      net: the network spec.
-      params: the parameter list.
-      x: inputs ``(B, sizes[0])``.
-      y: labels ``(B,)`` or targets ``(B, sizes[-1])``.
+      net: the network spec (see :func:`per_example_grads`).
+      params: the parameters.
+      x: inputs ``(B, sizes[0])`` (``(B, *input_shape)`` for a Sequential).
+      y: labels ``(B,)`` or targets ``(B, K)``.
+      dropout_key: the key of a Sequential's Dropout masks, if it has Dropout.
 
     Returns:
-      ``(B,)``: ``||g_i|| = sqrt(sum_l ||a_{l-1,i}||^2 ||delta_{l,i}||^2 +
-      ||delta_{l,i}||^2)``: the norm of example ``i``'s slice of
-      :func:`per_example_grads` over all leaves (``optax.tree.norm`` of it).
+      ``(B,)``: ``||g_i||``, the norm of example ``i``'s slice of
+      :func:`per_example_grads` over all leaves (``optax.tree.norm`` of it); for an
+      MLP ``sqrt(sum_l ||a_{l-1,i}||^2 ||delta_{l,i}||^2 + ||delta_{l,i}||^2)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -172,7 +272,9 @@ def per_example_grad_norms(net: MLP, params: Params, x: Array, y: Array) -> Arra
       >>> per_example_grad_norms(net, params, jnp.ones((5, 3)), jnp.zeros(5, int)).shape
       (5,)
     """
-    return _total_norms(per_example_sq_norms(net, params, x, y))
+    return _total_norms(
+        per_example_sq_norms(net, params, x, y, dropout_key=dropout_key)
+    )
 
 
 def clip_factors(norms: Array, l2_norm_clip) -> Array:
@@ -207,7 +309,7 @@ def _no_noise(noise_multiplier) -> bool:
 
 
 def clipped_grad(
-    net: MLP,
+    net: Net,
     params: Params,
     x: Array,
     y: Array,
@@ -216,6 +318,7 @@ def clipped_grad(
     noise_multiplier=0.0,
     key: Array | None = None,
     method: str = "manual",
+    dropout_key: Array | None = None,
 ) -> tuple[Array, Params]:
     """The DP-SGD gradient: clip each example's gradient, sum, add noise, average.
 
@@ -229,15 +332,16 @@ def clipped_grad(
     per-example gradients are never materialised: the norms come from
     :func:`per_example_sq_norms`' factorised form, then every layer's per-example
     deltas are scaled by ``s_i / B`` and contracted once,
-    ``dW_l = a_{l-1}^T (s / B * delta_l)``; no autodiff is used. ``method="autodiff"``
+    ``dW_l = a_{l-1}^T (s / B * delta_l)`` (for a Sequential, each layer's own
+    backward given the scaled cotangents); no autodiff is used. ``method="autodiff"``
     materialises ``jax.vmap(jax.grad(...))`` and clips that, as optax would (a
     reference, far slower).
 
     Args:
-      net: the network spec.
-      params: the parameter list.
-      x: inputs ``(B, sizes[0])``.
-      y: labels ``(B,)`` or targets ``(B, sizes[-1])``.
+      net: the network spec (see :func:`per_example_grads`).
+      params: the parameters.
+      x: inputs ``(B, sizes[0])`` (``(B, *input_shape)`` for a Sequential).
+      y: labels ``(B,)`` or targets ``(B, K)``.
       l2_norm_clip: the clipping norm ``C > 0`` of each example's global gradient
         (``inf`` disables clipping).
       noise_multiplier: ``sigma >= 0``; the noise added to the *sum* of clipped
@@ -246,6 +350,8 @@ def clipped_grad(
       key: a ``jax.random`` key, needed unless ``noise_multiplier`` is ``0``; the
         noise is :func:`add_dp_noise`'s draw from it.
       method: ``"manual"`` (factorised, not materialised) or ``"autodiff"``.
+      dropout_key: the key of a Sequential's Dropout masks, if it has Dropout (kept
+        apart from ``key``, the noise's).
 
     Returns:
       ``(loss, grads)``: the ordinary (unclipped) mean batch loss, a scalar, and the
@@ -254,13 +360,27 @@ def clipped_grad(
 
     Raises:
       ValueError: on a non-positive ``l2_norm_clip``, a negative ``noise_multiplier``,
-        noise without a ``key``, or an unknown ``method``.
+        noise without a ``key``, an unknown ``method``, a network without
+        per-example gradients (:func:`check_per_example`) or Dropout without
+        ``dropout_key``.
     """
     _check_dp_args(l2_norm_clip, noise_multiplier)
     if key is None and not _no_noise(noise_multiplier):
         raise ValueError("clipped_grad needs a key when noise_multiplier is not 0")
+    _check_net(net, dropout_key)
     batch = x.shape[0]
-    if method == "manual":
+    if method == "manual" and isinstance(net, Sequential):
+        targets, out, caches, deltas = _sequential_deltas(
+            net, params, x, y, dropout_key
+        )
+        value = net.loss_fn.value(out, targets)
+        sq_norms = per_example_layers.sq_norms(net.layers, params, caches, deltas)
+        coef = clip_factors(_total_norms(sq_norms), l2_norm_clip) / batch
+        # (1/B) sum_i s_i g_i: each layer's backward of (s_i / B) delta_i
+        grads = per_example_layers.weighted_grads(
+            net.layers, params, caches, deltas, coef
+        )
+    elif method == "manual":
         targets, cache, deltas = _per_example_deltas(net, params, x, y)
         value = net.loss_fn.value(cache.a[-1], targets)
         # ||g_i||^2 = sum_l (||a_{l-1,i}||^2 + 1) ||delta_{l,i}||^2
@@ -269,8 +389,13 @@ def clipped_grad(
         coef = (clip_factors(norms, l2_norm_clip) / batch)[:, None]
         grads = backward.grads_from_deltas(cache, [coef * delta for delta in deltas])
     elif method == "autodiff":
-        value = net.loss(params, x, y)
-        per_ex = per_example_grads(net, params, x, y, method="autodiff")
+        if isinstance(net, Sequential):
+            value = net.loss(params, x, y, key=dropout_key)
+        else:
+            value = net.loss(params, x, y)
+        per_ex = per_example_grads(
+            net, params, x, y, method="autodiff", dropout_key=dropout_key
+        )
         sq_norms = jax.tree.map(lambda g: jnp.sum(g.reshape(batch, -1) ** 2, 1), per_ex)
         coef = clip_factors(_total_norms(sq_norms), l2_norm_clip) / batch
         # (1/B) sum_i s_i g_i
@@ -500,8 +625,8 @@ def dp_noise_key(key: Array, step) -> Array:
 
 
 def make_dp_value_and_grad(
-    net: MLP, *, l2_norm_clip, noise_multiplier=0.0, method: str = "manual"
-) -> Callable[[Params, Array, Array, Array | None], tuple[Array, Params]]:
+    net: Net, *, l2_norm_clip, noise_multiplier=0.0, method: str = "manual"
+) -> Callable[..., tuple[Array, Params]]:
     """A DP-SGD ``(params, x, y, key) -> (loss, grads)`` for a training step.
 
     The returned function is :func:`clipped_grad` with the clip and noise fixed; it is
@@ -511,20 +636,23 @@ def make_dp_value_and_grad(
     plain gradient (do not chain ``differentially_private_aggregate`` as well).
 
     Args:
-      net: the network spec.
+      net: the network spec, an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`
+        (:func:`check_per_example`).
       l2_norm_clip: the per-example clipping norm ``C > 0``.
       noise_multiplier: ``sigma >= 0``, noise std relative to ``C`` (before ``1/B``).
       method: ``"manual"`` (the factorised hand-derived path) or ``"autodiff"``
         (``vmap(grad)``, materialised).
 
     Returns:
-      ``dp_value_and_grad(params, x, y, key) -> (loss, grads)``: the unclipped batch
-      loss and the noisy clipped mean gradient shaped like ``params``.
+      ``dp_value_and_grad(params, x, y, key=None, *, dropout_key=None) -> (loss,
+      grads)``: the unclipped batch loss and the noisy clipped mean gradient shaped
+      like ``params``; ``dropout_key`` draws a Sequential's Dropout masks (a fresh
+      one each step, apart from the noise ``key``).
 
     Raises:
       ValueError: on a non-positive ``l2_norm_clip``, a negative
-        ``noise_multiplier`` or an unknown ``method`` (at once, not at the first
-        call).
+        ``noise_multiplier``, an unknown ``method`` or a network without per-example
+        gradients, such as one with BatchNorm (at once, not at the first call).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -540,8 +668,9 @@ def make_dp_value_and_grad(
     _check_dp_args(l2_norm_clip, noise_multiplier)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_per_example(net)
 
-    def dp_value_and_grad(params, x, y, key=None):
+    def dp_value_and_grad(params, x, y, key=None, *, dropout_key=None):
         return clipped_grad(
             net,
             params,
@@ -551,6 +680,7 @@ def make_dp_value_and_grad(
             noise_multiplier=noise_multiplier,
             key=key,
             method=method,
+            dropout_key=dropout_key,
         )
 
     return dp_value_and_grad

@@ -73,6 +73,9 @@ def forbid_autodiff(monkeypatch) -> list[str]:
         name = f"jax._src.interpreters.ad.{cls.__name__}"
         monkeypatch.setattr(cls, "__init__", _forbidden(name))
         patched.append(name)
+    # A function jitted before the patch keeps its compiled trace: clear every cache
+    # so that whatever runs next is traced afresh, under the patch.
+    jax.clear_caches()
     return patched
 
 

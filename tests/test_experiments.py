@@ -256,6 +256,18 @@ def test_per_example_bench(quick_runs):
     _png(out / "per_example_bench.png")
 
 
+def test_per_example_conv_bench_quick(tmp_path):
+    proc = _run_quick("per_example_conv_bench", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    record = json.loads((tmp_path / "per_example_conv_bench.json").read_text())
+    assert record["quick"] and record["results"]
+    for r in record["results"]:
+        assert [c["auto_picks"] for c in r["convs"]] == ["materialise", "gram"]
+        for c in r["convs"]:
+            assert c["gram_vs_materialise_max_rel_diff"] < 1e-4
+        assert r["whole_step"]["median_ms"]["clipped_auto"] > 0
+
+
 def test_gradcheck_speed(quick_runs):
     _, out = _ok(quick_runs, "gradcheck_speed")
     record = json.loads((out / "gradcheck_speed.json").read_text())

@@ -370,3 +370,15 @@ def test_chain_of_all_three_equals_vjp_float64():
         got, new_states = manual(params, x, dy)
         assert max_rel_error(got, reference(params, x, dy)) <= 1e-10
         assert jax.tree.map(jnp.shape, new_states[1]) == {"mean": (3,), "var": (3,)}
+
+
+def test_dropout_mask_is_the_same_in_float32_and_float64():
+    # A gradient check evaluates the loss in float64: it must see the same mask.
+    layer = layers.Dropout(0.5)
+    key = jax.random.key(11)
+    _, mask32, _ = layer.forward({}, jnp.ones((64,), jnp.float32), key=key, train=True)
+    with jax.enable_x64(True):
+        _, mask64, _ = layer.forward(
+            {}, jnp.ones((64,), jnp.float64), key=key, train=True
+        )
+    np.testing.assert_array_equal(np.asarray(mask32), np.asarray(mask64))

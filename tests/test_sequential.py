@@ -6,6 +6,11 @@ MLP; no autodiff runs inside; a wrong architecture is an error when the network 
 built, naming the layer.
 """
 
+import contextlib
+import io
+import pathlib
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -42,6 +47,29 @@ NETS = {
             L.Dense(3),
         ],
         input_shape=(3,),
+    ),
+    "batchnorm-layernorm": jaxbp.Sequential(
+        [
+            L.Dense(6),
+            L.BatchNorm(),
+            L.Activation("gelu"),
+            L.Residual([L.LayerNorm(), L.Dense(6), L.Activation("tanh")]),
+            L.Dense(3),
+        ],
+        input_shape=(4,),
+    ),
+}
+#: Networks whose training loss needs a key (Dropout).
+KEYED = {
+    "dropout": jaxbp.Sequential(
+        [
+            L.Dense(8),
+            L.Activation("relu"),
+            L.Dropout(0.5),
+            L.Residual([L.Dense(8), L.Dropout(0.25)]),
+            L.Dense(3),
+        ],
+        input_shape=(4,),
     ),
 }
 
@@ -99,6 +127,36 @@ def test_manual_grad_uses_no_autodiff(name, monkeypatch):
         jax.grad(net.loss)(params, x, y)
     got = jax.jit(lambda p: net.manual_grad(p, x, y))(params)
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_manual_grad_with_a_key_equals_jax_grad(name):
+    net = KEYED[name]
+    key = jax.random.key(3)
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        x, y = _batch(net, jnp.float64)
+        grads = net.manual_grad(params, x, y, key=key)
+        ref = jax.grad(net.loss)(params, x, y, key=key)
+        assert max_rel_error(grads, ref) <= 1e-10
+        other = net.manual_grad(params, x, y, key=jax.random.key(4))
+        assert max_rel_error(other, ref) > 1e-3  # another key, other masks
+    with pytest.raises(ValueError, match="Dropout"):
+        net.loss(params, x, y)
+
+
+def test_batchnorm_state_is_updated_and_used_to_evaluate():
+    net = NETS["batchnorm-layernorm"]
+    params = _params(net, jnp.float32)
+    x, y = _batch(net, jnp.float32)
+    state = net.init_state()
+    (_, new_state), _ = net.value_and_manual_grad_with_state(params, x, y, state=state)
+    assert not np.allclose(new_state[1]["mean"], state[1]["mean"])
+    out_new = net.forward(params, x, state=new_state)
+    out_old = net.forward(params, x, state=state)
+    assert not np.allclose(out_new, out_old)
+    with pytest.raises(ValueError, match="state"):
+        net.forward(params, x)
 
 
 def test_sequential_of_dense_and_activation_is_the_mlp():
@@ -211,3 +269,80 @@ def test_specs_are_hashable_and_static_under_jit():
     chex.assert_trees_all_close(
         step(net, params, x, y), net.manual_grad(params, x, y), rtol=1e-5
     )
+
+
+# --- check_gradients names the layer whose backward is wrong ----------------------
+class _HalfInputGrad(L.Activation):
+    """An activation whose backward halves the input cotangent: a planted bug."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        return grads, 0.5 * dx
+
+
+class _ScaledWeightGrad(L.Dense):
+    """A dense layer whose weight gradient is 10% too large: a planted bug."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        return {**grads, "w": 1.1 * grads["w"]}, dx
+
+
+def test_check_gradients_passes_a_correct_sequential():
+    net = NETS["residual"]
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+    assert report.passed, str(report)
+    assert report.first_failing_layer is None
+    assert "agrees at the output of every layer" in report.notes[-1]
+
+
+def test_check_gradients_names_a_wrong_input_cotangent():
+    net = jaxbp.Sequential(
+        [L.Dense(4), _HalfInputGrad("tanh"), L.Dense(4), L.Activation("tanh"),
+         L.Dense(3)],
+        input_shape=(3,),
+    )  # fmt: skip
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+    assert not report.passed
+    assert report.first_failing_layer == 2
+    assert "the backward of layer 2 of 5, Activation(tanh)" in report.notes[-1]
+
+
+def test_check_gradients_names_a_wrong_parameter_gradient():
+    net = jaxbp.Sequential(
+        [L.Dense(4), L.Activation("tanh"), _ScaledWeightGrad(4),
+         L.Activation("tanh"), L.Dense(3)],
+        input_shape=(3,),
+    )  # fmt: skip
+    with jax.enable_x64(True):
+        params = _params(net, jnp.float64)
+        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+    assert not report.passed
+    assert report.first_failing_layer == 3
+    assert "layer 3 of 5, Dense(4) (params[2]: [2]['w'])" in report.notes[-1]
+
+
+# --- the README's Sequential example runs as written ------------------------------
+def test_readme_layers_example_runs():
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("\n## Layers: ", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)[1]
+    namespace: dict = {}
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(code, str(readme), "exec"), namespace)
+    assert stdout.getvalue().startswith("True localisation:"), stdout.getvalue()
+    chex.assert_trees_all_close(
+        namespace["grads"], namespace["auto"], rtol=1e-4, atol=1e-6
+    )
+    statement = section.split("says\n`", 1)[1].split("`", 1)[0]
+    building = section.split(
+        "is an error when the network is built, naming the layer:\n`"
+    )
+    with pytest.raises(L.LayerShapeError) as err:
+        exec(building[1].split("` says", 1)[0], namespace)
+    assert str(err.value) == statement

@@ -9,16 +9,19 @@ autodiff ones, naming the first layer from the output down whose delta disagrees
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 from jaxbp import finite_differences as fdiff
+from jaxbp.gradcheck import sequential as seq_check
 from jaxbp.gradcheck.check import FD_SAFETY, failing_paths, run_check
 from jaxbp.gradcheck.inputs import cast_floats, resolve_dtype
 from jaxbp.gradcheck.report import GradCheckReport, compare_grads
 from jaxbp.losses import prepare_targets
 from jaxbp.mlp import MLP, Params
+from jaxbp.sequential import Sequential
 
 Array = jax.Array
 
@@ -158,12 +161,13 @@ def _localise_paths(report: GradCheckReport, name: str, depth: int):
 
 
 def check_gradients(
-    net: MLP,
+    net: MLP | Sequential,
     params: Params,
     x: Array,
     y: Array,
     *,
     grad_fun: Callable | None = None,
+    key: Array | None = None,
     dtype=None,
     finite_differences: bool = True,
     fd: str = "auto",
@@ -176,15 +180,18 @@ def check_gradients(
     rtol: float | None = None,
     chunk: int = 1024,
 ) -> GradCheckReport:
-    """Checks an MLP's hand-derived gradient: :func:`check_grad` of ``net.loss``.
+    """Checks a network's hand-derived gradient: :func:`check_grad` of ``net.loss``.
 
     Args:
-      net: the network spec.
-      params: parameters to check at, ``[{"w": (n_{l-1}, n_l), "b": (n_l,)}, ...]``.
-      x: inputs ``(B, sizes[0])``.
-      y: labels ``(B,)`` or targets ``(B, sizes[-1])``.
+      net: the network spec, an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`.
+      params: parameters to check at (for an MLP ``[{"w": (n_{l-1}, n_l), "b":
+        (n_l,)}, ...]``).
+      x: inputs ``(B, *input_shape)``.
+      y: labels ``(B,)`` or targets ``(B, K)``.
       grad_fun: your own ``grad_fun(params, x, y)`` for this network; default the
         library's delta rule (``net.manual_grad``).
+      key: for a :class:`~jaxbp.Sequential` with Dropout, the key of its masks (the
+        training loss is checked, with the masks held fixed).
       dtype: dtype of the gradients against ``jax.grad``; default the params'.
       finite_differences: also compare against finite differences.
       fd: finite-difference mode as for :func:`check_grad`; ``"auto"`` checks every
@@ -203,8 +210,9 @@ def check_gradients(
       A :class:`GradCheckReport` with the comparisons ``manual (delta rule)`` (or
       ``grad_fun``) vs ``jax.grad`` and, with finite differences, each of them vs
       ``finite differences``; its ``first_failing_layer`` names the first wrong layer
-      from the output down: from the deltas ``dL/dz_l`` for the library's rule, from
-      the failing leaves for a ``grad_fun``.
+      from the output down: from the deltas ``dL/dz_l`` (for a Sequential, the
+      cotangent of each layer's output) for the library's rule, from the failing
+      leaves for a ``grad_fun``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -215,6 +223,15 @@ def check_gradients(
       True
     """
     net.check_params(params)
+    if isinstance(net, Sequential):
+        return _check_sequential(
+            net, params, x, y, grad_fun=grad_fun, key=key, dtype=dtype,
+            fd=fd if finite_differences else None, fd_dtype=fd_dtype,
+            fd_step=fd_step, fd_samples=fd_samples, fd_directions=fd_directions,
+            fd_safety=fd_safety, seed=seed, rtol=rtol, chunk=chunk,
+        )  # fmt: skip
+    if key is not None:
+        raise ValueError("key is for Sequential networks with Dropout; an MLP has none")
     if fd_samples is not None and fd == "auto":
         fd = "sample"
     name = "grad_fun" if grad_fun is not None else MANUAL_NAME
@@ -241,6 +258,37 @@ def check_gradients(
             layer = failing_layer
     else:
         layer, note = _localise_paths(report, name, net.depth)
+        if note is None:
+            note = f"localisation: every layer of {name} passes"
+    return dataclasses.replace(
+        report, notes=(*report.notes, note), first_failing_layer=layer
+    )
+
+
+def _check_sequential(net: Sequential, params, x, y, *, grad_fun, key, dtype, rtol,
+                      fd, fd_samples, **options) -> GradCheckReport:  # fmt: skip
+    """:func:`check_gradients` of a Sequential: the general checker, then
+    localisation by the cotangent of every layer's output."""
+    if fd_samples is not None and fd == "auto":
+        fd = "sample"
+    name = "grad_fun" if grad_fun is not None else MANUAL_NAME
+    report = run_check(
+        partial(net.loss, key=key), grad_fun or partial(net.manual_grad, key=key),
+        params, (x, y), name=name, dtype=dtype, fd=fd, fd_samples=fd_samples or 64,
+        rtol=rtol, auto_limit=MLP_AUTO_ALL_LIMIT,
+        title=f"check_gradients of {net}, batch {int(jnp.shape(x)[0])}",
+        label=partial(seq_check.layer_label, net), **options,
+    )  # fmt: skip
+    if grad_fun is None:
+        layer, note = seq_check.localise_deltas(
+            net, params, x, y, resolve_dtype(dtype, "dtype"), rtol, key
+        )
+        if layer is None and not report.passed:
+            layer, path_note = seq_check.localise_paths(net, report, name)
+            if path_note:
+                note += "; " + path_note.split(": ", 1)[1]
+    else:
+        layer, note = seq_check.localise_paths(net, report, name)
         if note is None:
             note = f"localisation: every layer of {name} passes"
     return dataclasses.replace(

@@ -90,8 +90,8 @@ def chain_output_shapes(layers, input_shape: Shape) -> list[Shape]:
     return shapes
 
 
-def _layer_key(key: Array | None, index: int) -> Array | None:
-    # Each layer draws from its own stream: fold its index into the network's key.
+def layer_key(key: Array | None, index: int) -> Array | None:
+    """Layer ``index``'s own random stream: the chain's key with the index folded in."""
     return None if key is None else jax.random.fold_in(key, index)
 
 
@@ -115,7 +115,7 @@ def chain_forward(
         states = [None] * len(layers)
     caches, new_states = [], []
     for i, (layer, p, s) in enumerate(zip(layers, params, states, strict=True)):
-        x, cache, s = layer.forward(p, x, state=s, key=_layer_key(key, i), train=train)
+        x, cache, s = layer.forward(p, x, state=s, key=layer_key(key, i), train=train)
         caches.append(cache)
         new_states.append(s)
     return x, caches, new_states

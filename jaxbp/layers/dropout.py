@@ -90,7 +90,11 @@ class Dropout:
                 f"{self} in training mode (train=True) draws a random mask: pass "
                 f"key= (a jax.random key, a fresh one each step), or train=False"
             )
-        mask = jax.random.bernoulli(key, 1 - self.rate, x.shape)  # m ~ Bernoulli(1-p)
+        # m ~ Bernoulli(1 - rate), drawn from float32 uniforms whatever x's dtype and
+        # the x64 flag, so that one key gives one mask in float32 and in float64 (a
+        # gradient check evaluates the loss in float64 and must see the same mask).
+        u = jax.random.uniform(key, x.shape, jnp.float32)
+        mask = u < jnp.float32(1 - self.rate)
         # y = m x / (1 - rate), as one multiplication by the scale (XLA may turn a
         # division by a constant into one, so this way every trace rounds alike).
         return jnp.where(mask, x * self.scale, 0), mask, state

@@ -1,0 +1,132 @@
+"""Test accuracy of the layer networks, trained by the jaxbp CLI with both gradients.
+
+Trains the networks of ``jaxbp train --model`` as a user would, by running
+``python -m jaxbp train --model NAME ...`` once with ``--grad manual`` (every layer's
+hand-derived backward) and once with ``--grad autodiff`` (``jax.grad``), and reads each
+run's ``metrics.json``:
+
+* ``lenet`` on MNIST: Caffe's LeNet (conv 5x5x20, max-pool 2, conv 5x5x50, max-pool 2,
+  dense 500, ReLU, dense 10), target test accuracy >= 0.992;
+* ``bn-res`` on Fashion-MNIST: convolutions with BatchNorm, a Residual block and
+  Dropout, target >= 0.92 within 10 epochs.
+
+Every other setting is the CLI's default (Adam, cosine decay of its default learning
+rate, batch 64, 10 epochs, float32). The exact command, the accuracy after every epoch
+and the epoch times of every run are recorded beside its result, with the machine.
+``--seeds`` picks the seeds (default 0,1,2) and ``--networks`` the networks (default
+all); ``--quick`` trains LeNet for one epoch from seed 0 (about a minute on 2 cores).
+
+Writes ``layer_accuracy.json``, after every run (``"complete": false`` until the last).
+
+Example:
+  JAXBP_DATA_DIR=../shared/data python experiments/layer_accuracy.py --seeds 0
+"""
+
+import os
+import pathlib
+import shlex
+import tempfile
+import time
+
+import _common
+from mnist_accuracy import GRADS, run_cli
+
+#: name: the dataset, the flags that pick the network, and the target accuracy.
+NETWORKS = {
+    "lenet": {"dataset": "mnist", "flags": ["--model", "lenet"], "target": 0.992},
+    "bn-res": {
+        "dataset": "fashion_mnist",
+        "flags": ["--model", "bn-res"],
+        "target": 0.92,
+    },
+}
+
+
+def train_command(name: str, grad: str, seed: int, epochs: int | None) -> list[str]:
+    """The ``jaxbp train`` arguments of one run (without ``--out``)."""
+    network = NETWORKS[name]
+    args = ["train", "--dataset", network["dataset"], *network["flags"], "--grad", grad]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    if seed != 0:
+        args += ["--seed", str(seed)]
+    return args
+
+
+def run_one(name: str, grad: str, seed: int, epochs: int | None, out) -> dict:
+    """Trains one network with one gradient and seed; returns its record."""
+    cli_args = train_command(name, grad, seed, epochs)
+    print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
+    t0 = time.perf_counter()
+    metrics = run_cli(cli_args, out)
+    accuracy = metrics["final_test_accuracy"]
+    return {
+        "network": name,
+        "grad": grad,
+        "seed": seed,
+        "command": f"jaxbp {shlex.join(cli_args)}",
+        "config": metrics["config"],
+        "num_params": metrics["num_params"],
+        "final_test_accuracy": accuracy,
+        "test_accuracy_per_epoch": [h["test_accuracy"] for h in metrics["history"]],
+        "epoch_time_s": [h["epoch_time_s"] for h in metrics["history"]],
+        "train_time_s": metrics["timing"]["train_time_s"],
+        "wall_s": time.perf_counter() - t0,
+        "target": NETWORKS[name]["target"],
+        "met": accuracy >= NETWORKS[name]["target"],
+    }
+
+
+def main(argv=None) -> int:
+    parser = _common.make_parser(__doc__)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds")
+    parser.add_argument(
+        "--networks",
+        default=",".join(NETWORKS),
+        help=f"comma-separated networks among {', '.join(NETWORKS)}",
+    )
+    args = parser.parse_args(argv)
+    seeds_text = args.seeds or ("0" if args.quick else "0,1,2")
+    try:
+        seeds = [int(s) for s in seeds_text.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {seeds_text!r}")
+    names = ["lenet"] if args.quick else args.networks.split(",")
+    unknown = [n for n in names if n not in NETWORKS]
+    if unknown:
+        parser.error(f"unknown network {unknown[0]!r}; known: {', '.join(NETWORKS)}")
+    epochs = 1 if args.quick else None
+    record = {
+        "command": _common.command_line(__file__, argv),
+        "quick": args.quick,
+        "data_dir": os.environ.get("JAXBP_DATA_DIR"),
+        "environment": _common.environment(),
+        "complete": False,
+        "runs": [],
+    }
+    runs = record["runs"]
+    path = args.out / "layer_accuracy.json"
+    with tempfile.TemporaryDirectory(prefix="layer_accuracy-") as tmp:
+        # Seed by seed, so that a run cut short has both gradients of every network
+        # for the first seeds; the record is rewritten after every run.
+        for seed in seeds:
+            for name in names:
+                for grad in GRADS:
+                    out = pathlib.Path(tmp) / f"{len(runs)}"
+                    runs.append(run_one(name, grad, seed, epochs, out))
+                    _common.write_json(path, record)
+    record["complete"] = True
+    _common.write_json(path, record)
+    print(f"\n{'network':<8} {'grad':<9} {'seed':<5} {'test accuracy':<14} target")
+    for r in runs:
+        print(
+            f"{r['network']:<8} {r['grad']:<9} {r['seed']:<5} "
+            f"{r['final_test_accuracy']:<14.4f} >= {r['target']}: "
+            f"{'met' if r['met'] else 'NOT MET'}"
+        )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
