@@ -30,6 +30,7 @@ replicated (:func:`replicate_train_state`); the gradient is that of the whole ba
 on one device (see :mod:`jaxbp.parallel`). Without a mesh nothing changes.
 """
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -170,16 +171,19 @@ def check_supported(
 ) -> None:
     """Raises ``ValueError`` for a combination the training step cannot run.
 
-    DP-SGD needs per-example gradients, which :mod:`jaxbp.per_example` computes for
-    an MLP only; data parallelism splits the batch, so BatchNorm's batch statistics
-    and Dropout's masks would differ from those of the whole batch on one device
-    (a Sequential without them trains on a mesh like an MLP).
+    DP-SGD needs per-example gradients, which :mod:`jaxbp.per_example` gives an MLP
+    and a Sequential without BatchNorm (:func:`jaxbp.per_example.check_per_example`
+    names the layer); data parallelism splits the batch, so BatchNorm's batch
+    statistics and Dropout's masks would differ from those of the whole batch on one
+    device (a Sequential without them trains on a mesh like an MLP).
     """
-    if dp is not None and not isinstance(net, MLP):
-        raise ValueError(
-            "DP-SGD (dp_clip) needs per-example gradients, which jaxbp computes for "
-            "an MLP only so far, not for a Sequential network; train without dp_clip"
-        )
+    if dp is not None:
+        try:
+            per_example.check_per_example(net)
+        except ValueError as e:
+            raise ValueError(
+                f"DP-SGD (dp_clip) needs per-example gradients: {e}"
+            ) from None
     if mesh is not None:
         parallel.num_data_shards(mesh)  # a mesh without a "data" axis is an error
         for kind, why in (
@@ -262,7 +266,7 @@ def _sequential_value_and_grad(net: Sequential, grad: str, state: TrainState, x,
 
 def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=None):
     """One optimisation step on a batch; returns the new state and the batch loss."""
-    if isinstance(net, Sequential) and mesh is None:
+    if isinstance(net, Sequential) and mesh is None and dp is None:
         # Running statistics in, updated statistics out; a key for Dropout.
         loss, grads, model_state = _sequential_value_and_grad(net, grad, state, x, y)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -274,8 +278,8 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
             model_state=model_state,
         )
         return new_state, loss
-    # An MLP, or a Sequential without state or randomness on a mesh
-    # (check_supported): the plain value and gradient.
+    # An MLP, a Sequential without state or randomness on a mesh, or DP-SGD (no
+    # BatchNorm: check_supported): the plain value and gradient.
     if dp is None:
         value_and_grad = value_and_grad_fn(net, grad)
     else:
@@ -283,6 +287,10 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
         value_and_grad = per_example.make_dp_value_and_grad(
             net, l2_norm_clip=dp.l2_norm_clip, method=grad
         )
+        if _uses(net, Dropout):
+            value_and_grad = functools.partial(
+                value_and_grad, dropout_key=dropout_key(state.key, state.step)
+            )
 
     if mesh is not None:
         # x and y split over "data"; the mean of the per-device gradients.

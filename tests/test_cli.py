@@ -775,7 +775,7 @@ def test_resume_with_another_model_is_refused_naming_it(
         ),
         (["--model", "dense(10),fo(3)"], "at 'fo' (character 11): unknown layer"),
         (["--model", "flatten,dense(7)"], "--model ends with 7 outputs"),
-        (["--model", "lenet", "--dp-clip", "1"], "DP-SGD (--dp-clip) needs"),
+        (["--model", "bn-res", "--dp-clip", "1"], "DP-SGD (--dp-clip) needs per-"),
     ],
 )
 def test_bad_models_fail_with_one_line(tiny_data, tmp_path, flags, message):

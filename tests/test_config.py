@@ -186,6 +186,7 @@ def test_model_is_stored_as_its_canonical_spec():
     assert isinstance(net, jaxbp.Sequential) and net.input_shape == (784,)
     assert net.objective == lenet.loss and net.num_outputs == 10
     assert TrainConfig().net == TrainConfig().mlp
+    assert TrainConfig(model="lenet", dp_clip=1.0).dp == train.DPConfig(1.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,11 @@ def test_model_is_stored_as_its_canonical_spec():
             "model does not fit fashion_mnist's flat (784,) inputs: layer 1 Conv2D",
         ),
         ({"model": "dense(10),relu"}, "model does not fit the softmax_cross_entropy"),
-        ({"model": "lenet", "dp_clip": 1.0}, "DP-SGD (dp_clip) needs per-example"),
+        (
+            {"model": "bn-res", "dp_clip": 1.0},
+            "DP-SGD (dp_clip) needs per-example gradients: per-example gradients are "
+            "not defined for layer 3 of 13, BatchNorm()",
+        ),
     ],
 )
 def test_invalid_models_are_named(settings, match):

@@ -606,11 +606,34 @@ def test_evaluate_uses_the_running_statistics():
     )
 
 
-def test_sequential_refuses_dp_and_data_parallel_batchnorm():
+def test_dp_step_of_a_sequential_draws_its_dropout_masks_by_step():
+    from jaxbp import per_example
+
+    net = _seq_net("dense(8),ln,relu,dropout(0.5),dense(3)")
+    opt = optax.sgd(0.1)
+    state = train.init_train_state(net, opt, jax.random.key(3))
+    x, y = _data(8)
+    dp = train.DPConfig(l2_norm_clip=0.05, noise_multiplier=1.0)
+    new, _ = train.make_train_step(net, opt, dp=dp)(state, (x, y))
+    _, clipped = per_example.clipped_grad(
+        net,
+        state.params,
+        x,
+        y,
+        l2_norm_clip=0.05,
+        noise_multiplier=1.0,
+        key=per_example.dp_noise_key(state.key, state.step),
+        dropout_key=train.dropout_key(state.key, state.step),
+    )
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, clipped)
+    chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sequential_refuses_dp_with_batchnorm_and_data_parallel_batchnorm():
     from jaxbp import parallel
 
     optimizer = optax.sgd(0.1)
-    with pytest.raises(ValueError, match="DP-SGD .* MLP only"):
+    with pytest.raises(ValueError, match=r"DP-SGD .* layer 2 of 5, BatchNorm\(\)"):
         train.make_train_step(SEQ, optimizer, dp=train.DPConfig(1.0))
     mesh = parallel.make_data_mesh(1)
     with pytest.raises(ValueError, match="network with BatchNorm is not supported"):
