@@ -14,6 +14,8 @@ model -> gradients -> train -> CLI):
   and ``manual_grad``;
 * ``jaxbp.sequential``: :class:`Sequential`, any chain of layers with the same
   methods as ``MLP`` (plus state and keys for BatchNorm and Dropout);
+* ``jaxbp.models``: named networks (``lenet``) and the spec strings of layers that
+  ``TrainConfig(model=...)`` and ``jaxbp train --model`` take;
 * ``jaxbp.finite_differences``: difference quotients with their error budget and
   kink detection;
 * ``jaxbp.gradcheck``: any hand-derived gradient of any pytree against ``jax.grad``
@@ -47,6 +49,7 @@ from jaxbp import gradcheck
 from jaxbp import layers
 from jaxbp import losses
 from jaxbp import mlp
+from jaxbp import models
 from jaxbp import optim
 from jaxbp import parallel
 from jaxbp import per_example
@@ -58,6 +61,7 @@ from jaxbp.activations import ACTIVATIONS
 from jaxbp.activations import Activation
 from jaxbp.activations import get_activation
 from jaxbp.checkpoint import load_checkpoint
+from jaxbp.checkpoint import load_model_state
 from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
 from jaxbp.config import TrainConfig
@@ -130,6 +134,7 @@ __all__ = (
     "layers",
     "load_checkpoint",
     "load_dataset",
+    "load_model_state",
     "load_params",
     "load_xy",
     "losses",
@@ -138,6 +143,7 @@ __all__ = (
     "make_train_epoch",
     "make_train_step",
     "mlp",
+    "models",
     "one_hot",
     "optim",
     "parallel",

@@ -1,9 +1,12 @@
 """Checkpoints: the training state in one ``.npz`` file, written atomically.
 
-A checkpoint holds the parameters under readable names (``params/0/w``,
-``params/0/b``, ...), the flattened optimizer state, the step, the PRNG key data and a
-JSON ``meta`` record (the network spec and whatever the caller adds, such as the
-training config and history). :func:`load_params` needs nothing but the file;
+A checkpoint holds the parameters under their key paths (``params/0/w``,
+``params/0/b``, ..., ``params/4/1/w`` for the second layer of a residual block that
+is layer 5), a :class:`~jaxbp.Sequential`'s running statistics the same way
+(``model_state/1/mean``), the flattened optimizer state, the step, the PRNG key data
+and a JSON ``meta`` record (the network spec, an MLP's sizes and activations or a
+Sequential's canonical layer spec, and whatever the caller adds, such as the training
+config and history). :func:`load_params` needs nothing but the file;
 :func:`restore_train_state` puts the optimizer state back into the structure of a
 template state made the same way as the one saved.
 
@@ -23,9 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp import models
 from jaxbp._atomic import write_atomically
 from jaxbp.mlp import MLP, Params
+from jaxbp.sequential import Sequential
 from jaxbp.train import TrainState
+
+Net = MLP | Sequential
 
 FORMAT_VERSION = 1
 #: What a checkpoint is, for the errors about files that are not one.
@@ -42,8 +49,30 @@ class CheckpointError(ValueError):
     it is loaded into."""
 
 
+def _name(prefix: str, key_path) -> str:
+    """A leaf's name in the file: ``params/3/w`` for the key path ``[3]['w']``."""
+    parts = [str(getattr(k, "idx", getattr(k, "key", k))) for k in key_path]
+    return "/".join([prefix, *parts])
+
+
+def _net_record(net: Net) -> dict:
+    """The JSON record of a network spec, from which :func:`_net_of` rebuilds it."""
+    if isinstance(net, Sequential):
+        return {
+            "spec": models.to_spec(net.layers),
+            "input_shape": list(net.input_shape),
+            "objective": net.objective,
+        }
+    return {
+        "sizes": list(net.sizes),
+        "activation": net.activation,
+        "output_activation": net.output_activation,
+        "objective": net.objective,
+    }
+
+
 def save_checkpoint(
-    path: str | os.PathLike, state: TrainState, net: MLP, *, meta: dict | None = None
+    path: str | os.PathLike, state: TrainState, net: Net, *, meta: dict | None = None
 ) -> pathlib.Path:
     """Writes ``state`` to ``path`` atomically (temp file, fsync, rename).
 
@@ -58,9 +87,9 @@ def save_checkpoint(
     """
     path = pathlib.Path(path)
     arrays: dict[str, np.ndarray] = {}
-    for l, layer in enumerate(state.params):
-        for name in ("w", "b"):
-            arrays[f"params/{l}/{name}"] = np.asarray(layer[name])
+    for prefix in ("params", "model_state"):
+        for key_path, leaf in jax.tree.leaves_with_path(getattr(state, prefix)):
+            arrays[_name(prefix, key_path)] = np.asarray(leaf)
     opt_leaves = jax.tree.leaves(state.opt_state)
     for i, leaf in enumerate(opt_leaves):
         arrays[f"opt_state/{i}"] = np.asarray(leaf)
@@ -68,12 +97,7 @@ def save_checkpoint(
     arrays["key"] = np.asarray(jax.random.key_data(state.key))
     record = {
         "format": FORMAT_VERSION,
-        "net": {
-            "sizes": list(net.sizes),
-            "activation": net.activation,
-            "output_activation": net.output_activation,
-            "objective": net.objective,
-        },
+        "net": _net_record(net),
         "opt_state_leaves": len(opt_leaves),
         "key_impl": str(jax.random.key_impl(state.key)),
         **(meta or {}),
@@ -135,7 +159,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[Net, Params, dict]:
     """Loads the network spec, parameters and metadata of a checkpoint.
 
     Args:
@@ -143,8 +167,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
         from ``jaxbp train --out RUN``).
 
     Returns:
-      ``(net, params, meta)``: the :class:`~jaxbp.MLP`, its parameters as a list of
-      ``{"w", "b"}`` dicts of ``jax.Array``, and the JSON metadata.
+      ``(net, params, meta)``: the :class:`~jaxbp.MLP` or
+      :class:`~jaxbp.Sequential`, its parameters (a list with one dict of
+      ``jax.Array`` per layer), and the JSON metadata. A Sequential with BatchNorm
+      also needs its running statistics to evaluate: :func:`load_model_state`.
 
     Raises:
       CheckpointError: if the file is missing, corrupt, incomplete or not a
@@ -159,26 +185,65 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MLP, Params, dict]:
     return net, params, meta
 
 
-def _net_and_params(arrays: dict, meta: dict, path) -> tuple[MLP, Params]:
-    """The network spec and parameters held by a read checkpoint."""
+def _net_of(meta: dict, path) -> Net:
+    """The network spec a read checkpoint records."""
     try:
-        net = MLP(**{**meta["net"], "sizes": tuple(meta["net"]["sizes"])})
+        record = meta["net"]
+        if "spec" not in record:
+            return MLP(**{**record, "sizes": tuple(record["sizes"])})
+        layers = models.parse(record["spec"])
+        input_shape = tuple(record["input_shape"])
+        objective = record["objective"]
     except (KeyError, TypeError):
         raise _not_a_checkpoint(path, "it records no network") from None
+    except ValueError as e:
+        raise CheckpointError(
+            f"checkpoint {path} records a network this jaxbp cannot build: {e}"
+        ) from None
+    return Sequential(layers, input_shape=input_shape, objective=objective)
+
+
+def _named_tree(arrays: dict, prefix: str, template, path):
+    """The arrays named ``prefix/...`` in the structure of ``template``."""
+    leaves, treedef = jax.tree.flatten_with_path(template)
     try:
-        params = [
-            {name: jnp.asarray(arrays[f"params/{l}/{name}"]) for name in ("w", "b")}
-            for l in range(net.depth)
-        ]
+        values = [jnp.asarray(arrays[_name(prefix, kp)]) for kp, _ in leaves]
     except KeyError as e:
         raise CheckpointError(f"checkpoint {path} lacks {e}") from None
+    return jax.tree.unflatten(treedef, values)
+
+
+def _net_and_params(arrays: dict, meta: dict, path) -> tuple[Net, Params]:
+    """The network spec and parameters held by a read checkpoint."""
+    net = _net_of(meta, path)
+    template = jax.eval_shape(net.init, jax.random.key(0))
+    params = _named_tree(arrays, "params", template, path)
     net.check_params(params)
     return net, params
 
 
+def _model_state(arrays: dict, net: Net, path):
+    """A Sequential's running statistics from a read checkpoint; ``None`` for an
+    MLP."""
+    if not isinstance(net, Sequential):
+        return None
+    return _named_tree(arrays, "model_state", jax.eval_shape(net.init_state), path)
+
+
 def load_params(path: str | os.PathLike) -> Params:
-    """Just the parameters of a checkpoint: a list of ``{"w", "b"}`` dicts."""
+    """Just the parameters of a checkpoint: a list with one dict per layer."""
     return load_checkpoint(path)[1]
+
+
+def load_model_state(path: str | os.PathLike) -> list | None:
+    """A Sequential's non-trained state (BatchNorm's running statistics), as
+    ``net.forward(params, x, state=...)`` takes it; ``None`` for an MLP.
+
+    Raises:
+      CheckpointError: as :func:`load_checkpoint`.
+    """
+    arrays, meta = _read(path)
+    return _model_state(arrays, _net_of(meta, path), path)
 
 
 def restore_train_state(
@@ -205,13 +270,23 @@ def restore_train_state(
             f"checkpoint {path} holds {net} with {len(params)} layers but the run "
             f"expects {len(template.params)}"
         )
-    template_params = jax.tree.leaves(template.params)
-    for saved, want in zip(jax.tree.leaves(params), template_params, strict=True):
-        if saved.shape != want.shape or saved.dtype != want.dtype:
+    model_state = _model_state(arrays, net, path)
+    for name, saved_tree, want_tree in (
+        ("parameters", params, template.params),
+        ("running statistics", model_state, template.model_state),
+    ):
+        if jax.tree.structure(saved_tree) != jax.tree.structure(want_tree):
             raise CheckpointError(
-                f"checkpoint {path} holds parameters {saved.shape} {saved.dtype} where "
-                f"the run expects {want.shape} {want.dtype}"
+                f"checkpoint {path} holds {net}, whose {name} do not fit the run's "
+                "network"
             )
+        wanted = jax.tree.leaves(want_tree)
+        for saved, want in zip(jax.tree.leaves(saved_tree), wanted, strict=True):
+            if saved.shape != want.shape or saved.dtype != want.dtype:
+                raise CheckpointError(
+                    f"checkpoint {path} holds {name} {saved.shape} {saved.dtype} "
+                    f"where the run expects {want.shape} {want.dtype}"
+                )
     leaves, treedef = jax.tree.flatten(template.opt_state)
     if meta.get("opt_state_leaves") != len(leaves):
         raise CheckpointError(
@@ -240,6 +315,7 @@ def restore_train_state(
         opt_state=jax.tree.unflatten(treedef, opt_leaves),
         step=jnp.asarray(step, jnp.int32),
         key=key,
+        model_state=model_state,
     )
     return state, meta
 

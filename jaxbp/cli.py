@@ -1,9 +1,11 @@
 """The ``jaxbp`` command line: ``check``, ``train`` and ``download``.
 
 ``jaxbp check`` prints the per-leaf report of manual against autodiff (and finite
-difference) gradients; ``jaxbp train`` trains an MLP on MNIST or Fashion-MNIST and
-writes ``metrics.json``, ``checkpoint.npz`` and ``curves.png`` to ``--out``;
-``jaxbp download`` fetches a dataset into the cache.
+difference) gradients; ``jaxbp train`` trains an MLP (or, with ``--model``, any
+:class:`~jaxbp.Sequential` network) on MNIST or Fashion-MNIST and writes
+``metrics.json``, ``checkpoint.npz`` and ``curves.png`` to ``--out``, showing the
+progress of a long epoch on stderr; ``jaxbp download`` fetches a dataset into the
+cache.
 
 ``jaxbp train`` is input and output around :mod:`jaxbp.config`: its flags make a
 :class:`~jaxbp.config.TrainConfig` (whose defaults are the flags' defaults),
@@ -22,11 +24,12 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 import jax
 import numpy as np
 
-from jaxbp import checkpoint, data, explainer, optim, parallel, train
+from jaxbp import checkpoint, data, explainer, models, optim, parallel, train
 from jaxbp._atomic import write_atomically
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.config import DTYPES, TrainConfig, TrainSetup, fit, setup
@@ -113,6 +116,15 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+class _StoreGiven(argparse.Action):
+    """Stores a flag's value and notes in ``namespace.given`` that it was given (a
+    default cannot say whether the user wrote it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.option_strings[0]}
+
+
 def _add_net_flags(
     p: argparse.ArgumentParser, *, activation: str, output_activation: str, loss: str
 ) -> None:
@@ -120,12 +132,14 @@ def _add_net_flags(
         "--activation",
         default=activation,
         choices=sorted(ACTIVATIONS),
+        action=_StoreGiven,
         help="hidden-layer activation (default: %(default)s)",
     )
     p.add_argument(
         "--output-activation",
         default=output_activation,
         choices=sorted(ACTIVATIONS),
+        action=_StoreGiven,
         help="output activation; softmax cross-entropy needs identity "
         "(default: %(default)s)",
     )
@@ -199,10 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = TRAIN_DEFAULTS
     tr = sub.add_parser(
         "train",
-        help="train an MLP on MNIST or Fashion-MNIST",
-        description="Train an MLP with the hand-derived (manual) or automatic "
-        "gradient. Writes metrics.json, checkpoint.npz and (with matplotlib) "
-        "curves.png to --out.",
+        help="train an MLP or another network on MNIST or Fashion-MNIST",
+        description="Train an MLP, or the network of --model, with the "
+        "hand-derived (manual) or automatic gradient. Writes metrics.json, "
+        "checkpoint.npz and (with matplotlib) curves.png to --out; an epoch that "
+        "takes more than a few seconds shows its progress on stderr.",
     )
     tr.add_argument(
         "--dataset",
@@ -229,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
         activation=d.activation,
         output_activation=d.output_activation,
         loss=d.loss,
+    )
+    presets = "; ".join(
+        f"{name}: {text}" for name, text in models.PRESET_DESCRIPTIONS.items()
+    )
+    tr.add_argument(
+        "--model",
+        metavar="NAME|SPEC",
+        help=f"the network instead of the MLP of --hidden and --activation: a preset "
+        f"({presets}) or a spec of layers such as "
+        "'reshape(28,28,1),conv(20,5),maxpool(2),flatten,dense(10)' made of "
+        "dense(N), conv(F,K[,same][,stride=S]), maxpool(W), avgpool(W), flatten, "
+        "reshape(D,...), bn, ln, dropout(P), res(LAYER,...) and activation names "
+        "(default: mlp)",
     )
     tr.add_argument(
         "--grad",
@@ -389,6 +417,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         del settings["hidden"]
     else:
         settings["hidden"] = tuple(w for group in args.hidden for w in group)
+    if args.model is not None and args.model.strip().lower() != "mlp":
+        given = getattr(args, "given", set())
+        mlp_flags = ["--hidden"] if args.hidden is not None else []
+        mlp_flags += sorted(given & {"--activation", "--output-activation"})
+        if mlp_flags:
+            raise UsageError(
+                f"--model conflicts with {' and '.join(mlp_flags)}: they describe "
+                "the MLP, which --model replaces; write the layers in the --model "
+                "spec instead"
+            )
     try:
         return TrainConfig(**settings)
     except ValueError as e:
@@ -409,6 +447,8 @@ def _show(name: str, value) -> str:
     """A setting's value as its flag would be written."""
     if name == "hidden":
         return ",".join(map(str, value)) or "none"
+    if name == "model":
+        return "mlp" if value is None else models.preset_name(value) or value
     return "off" if value is None else str(value)  # floats: shortest exact form
 
 
@@ -456,6 +496,14 @@ def _data_mesh(devices: int | None, batch_size: int):
             f"takes an equal share of each batch, so use a multiple of {n}"
         )
     return None if n == 1 else parallel.make_data_mesh(n)
+
+
+def _check_mesh(config: TrainConfig, mesh) -> None:
+    """Raises UsageError if the network cannot train data-parallel on ``mesh``."""
+    try:
+        train.check_supported(config.net, mesh=mesh)
+    except ValueError as e:
+        raise UsageError(f"{e}: pass --devices 1") from None
 
 
 def _check_out_folder(out: pathlib.Path) -> None:
@@ -512,10 +560,11 @@ def _run_record(run: TrainSetup, num_devices: int) -> dict:
     device_name = f"{device.platform} ({device.device_kind})"
     if num_devices > 1:
         device_name = f"{num_devices} x {device_name}"
+    shape = {"sizes": list(net.sizes)} if config.model is None else {}
     return {
         "config": config.to_dict(),
         "network": str(net),
-        "sizes": list(net.sizes),
+        **shape,
         "num_params": net.num_params,
         "train_examples": len(run.train_data[0]),
         "test_examples": len(run.test_data[0]),
@@ -529,10 +578,88 @@ def _run_record(run: TrainSetup, num_devices: int) -> dict:
     }
 
 
+def _default_run_name(config: TrainConfig) -> str:
+    """``fashion_mnist-manual`` for the MLP, ``mnist-lenet-autodiff`` for a preset,
+    ``mnist-model-manual`` for another spec."""
+    if config.model is None:
+        return f"{config.dataset}-{config.grad}"
+    name = models.preset_name(config.model) or "model"
+    return f"{config.dataset}-{name}-{config.grad}"
+
+
+class _EpochProgress:
+    """Shows how far a long epoch has got, on stderr.
+
+    Nothing for an epoch's first ``after_s`` seconds (most epochs of an MLP end
+    before); then a bar rewritten in place on a terminal (at most every
+    ``redraw_s``), or a plain line every ``line_every_s`` otherwise. The bar is
+    erased when the epoch ends, before its summary line is printed.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        bar: bool,
+        after_s: float = 3.0,
+        redraw_s: float = 0.2,
+        line_every_s: float = 10.0,
+    ):
+        self.stream = stream
+        self.bar = bar
+        self.after_s = after_s
+        self.every_s = redraw_s if bar else line_every_s
+        self.shown_at: float | None = None  # elapsed_s of the last line shown
+        self.done = 0
+
+    def __call__(self, p: train.EpochProgress) -> None:
+        if p.done == 0:  # a new epoch
+            self.shown_at, self.done = None, 0
+            return
+        if p.done < self.done:  # a callback that arrived late
+            return
+        self.done = p.done
+        if p.done == p.steps:
+            if self.bar and self.shown_at is not None:
+                self._write("\r\x1b[K")  # erase the bar
+            self.shown_at = None
+            return
+        if p.elapsed_s < self.after_s:
+            return
+        if self.shown_at is not None and p.elapsed_s - self.shown_at < self.every_s:
+            return
+        self.shown_at = p.elapsed_s
+        left = p.elapsed_s * (p.steps - p.done) / p.done
+        text = (
+            f"epoch {p.epoch}/{p.epochs}: step {p.done:,}/{p.steps:,} "
+            f"({100 * p.done / p.steps:3.0f} %), {p.elapsed_s:.0f} s, about "
+            f"{left:.0f} s left"
+        )
+        if self.bar:
+            width = 24
+            filled = width * p.done // p.steps
+            self._write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\x1b[K")
+        else:
+            self._write(text + "\n")
+
+    def close(self) -> None:
+        """Ends a bar left on the screen (by an interrupted epoch)."""
+        if self.bar and self.shown_at is not None:
+            self._write("\n")
+            self.shown_at = None
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed stream must not stop the training
+            pass
+
+
 def run_train(args) -> int:
     """``jaxbp train``: the flags' :class:`TrainConfig`, set up, fitted, recorded."""
     config = config_from_args(args)
-    out = args.out or pathlib.Path("runs") / f"{config.dataset}-{config.grad}"
+    out = args.out or pathlib.Path("runs") / _default_run_name(config)
     ckpt_path = out / "checkpoint.npz"
     _check_out_folder(out)
     if ckpt_path.is_dir():
@@ -552,6 +679,8 @@ def run_train(args) -> int:
             raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
         _check_resume(ckpt_path, config)
     mesh = _data_mesh(args.devices, config.batch_size)
+    if mesh is not None:
+        _check_mesh(config, mesh)
     x64 = config.dtype == "float64"
     try:
         with jax.enable_x64(True) if x64 else contextlib.nullcontext():
@@ -652,9 +781,20 @@ def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
     if start_epoch >= config.epochs:
         print(f"{out} already trained {start_epoch} epochs; nothing to do")
         return 0
-    _, _, compile_timing = fit(
-        run, start_epoch=start_epoch, on_epoch=on_epoch, mesh=mesh
-    )
+    progress = None
+    if not args.quiet:
+        progress = _EpochProgress(sys.stderr, bar=sys.stderr.isatty())
+    try:
+        _, _, compile_timing = fit(
+            run,
+            start_epoch=start_epoch,
+            on_epoch=on_epoch,
+            mesh=mesh,
+            on_progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     timing.update(compile_timing)
     write_metrics()
     title = f"{run.net}, {config.grad} gradients"

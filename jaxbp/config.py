@@ -8,6 +8,10 @@ on ``--resume`` compares it with the saved one (:meth:`TrainConfig.differences`)
 Where files live, how many devices share the work and where results go are not part
 of it: they do not change what is computed.
 
+The network is the MLP of ``hidden`` and ``activation`` unless ``model`` names a
+preset or gives a spec string of layers (:mod:`jaxbp.models`); the config then holds
+the canonical spec, so a run records exactly the layers it trained.
+
 :func:`setup` turns a config into the network, optimizer, data and initial training
 state (:class:`TrainSetup`); :func:`fit` trains it as configured. The same two calls
 are what ``jaxbp train`` runs, so a run from Python and from the command line with
@@ -36,10 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import data, optim, train
+from jaxbp import data, models, optim, train
 from jaxbp.activations import ACTIVATIONS
+from jaxbp.layers import LayerShapeError
 from jaxbp.losses import LOSSES
 from jaxbp.mlp import MLP
+from jaxbp.sequential import Sequential
 
 #: The dtypes a run can train in.
 DTYPES = ("float32", "float64")
@@ -51,11 +57,11 @@ class TrainConfig:
 
     Attributes:
       dataset: ``fashion_mnist`` or ``mnist`` (``fashion-mnist`` is accepted).
-      hidden: hidden layer widths; ``()`` for none. The input and output widths come
-        from the dataset (:attr:`sizes`).
-      activation: hidden-layer activation (:mod:`jaxbp.activations`).
-      output_activation: output activation; ``softmax_cross_entropy`` needs
-        ``identity``.
+      hidden: the MLP's hidden layer widths; ``()`` for none. The input and output
+        widths come from the dataset (:attr:`sizes`).
+      activation: the MLP's hidden-layer activation (:mod:`jaxbp.activations`).
+      output_activation: the MLP's output activation; ``softmax_cross_entropy``
+        needs ``identity``.
       loss: the objective (:mod:`jaxbp.losses`), the mean over the batch.
       grad: ``manual`` (the hand-derived delta rule) or ``autodiff`` (``jax.grad``).
       optimizer: one of :data:`jaxbp.optim.OPTIMIZERS`.
@@ -73,9 +79,17 @@ class TrainConfig:
         ordinary training.
       dp_noise: DP-SGD: Gaussian noise multiplier (std ``dp_noise * dp_clip`` on the
         sum of clipped gradients); needs ``dp_clip``.
+      model: ``None`` for the MLP of ``hidden``, ``activation`` and
+        ``output_activation``; else a preset name (:data:`jaxbp.models.PRESETS`,
+        e.g. ``"lenet"``) or a spec string of layers
+        (``"reshape(28,28,1),conv(20,5),...,dense(10)"``, :mod:`jaxbp.models`),
+        stored as its canonical spec. Its input is the dataset's flat ``(784,)``
+        pixels and its last layer must give one output per class. ``"mlp"`` is
+        ``None``.
 
     Raises:
-      ValueError: naming the setting, if any is unknown or out of range.
+      ValueError: naming the setting, if any is unknown or out of range, or if
+        ``model`` is set together with MLP settings other than their defaults.
     """
 
     dataset: str = "fashion_mnist"
@@ -93,6 +107,7 @@ class TrainConfig:
     dtype: str = "float32"
     dp_clip: float | None = None
     dp_noise: float = 0.0
+    model: str | None = None
 
     def __post_init__(self):
         def setting(name, value):
@@ -145,19 +160,77 @@ class TrainConfig:
                 f"dp_noise {self.dp_noise:g} needs dp_clip: the noise is scaled by "
                 "the clipping norm"
             )
-        _ = self.mlp  # checks that the loss and the output activation fit
+        if isinstance(self.model, str) and self.model.strip().lower() == "mlp":
+            setting("model", None)
+        if self.model is None:
+            _ = self.mlp  # checks that the loss and the output activation fit
+        else:
+            self._check_model()
+
+    def _check_model(self) -> None:
+        """Canonicalises ``model``; checks it against the MLP settings and data."""
+        if not isinstance(self.model, str):
+            _invalid("model", self.model, "None, a preset name or a spec string")
+        try:
+            object.__setattr__(self, "model", models.canonical(self.model))
+        except ValueError as e:
+            raise ValueError(f"model {e}") from None
+        mlp_only = [
+            name
+            for name in ("hidden", "activation", "output_activation")
+            if getattr(self, name) != _FIELD_DEFAULTS[name]
+        ]
+        if mlp_only:
+            raise ValueError(
+                f"model conflicts with {' and '.join(mlp_only)}: the MLP's settings "
+                "(hidden, activation, output_activation) stay at their defaults "
+                "when the network is given as layers"
+            )
+        try:
+            net = self.net
+        except LayerShapeError as e:
+            raise ValueError(
+                f"model does not fit {self.dataset}'s flat {self.input_shape} "
+                f"inputs: {e}"
+            ) from None
+        except ValueError as e:
+            raise ValueError(f"model does not fit the {self.loss} loss: {e}") from None
+        train.check_supported(net, dp=self.dp)
+        classes = data.dataset_spec(self.dataset).num_classes
+        if net.num_outputs != classes:
+            raise ValueError(
+                f"model ends with {net.num_outputs} outputs but {self.dataset} has "
+                f"{classes} classes: make its last layer dense({classes})"
+            )
 
     # ----------------------------------------------------------------- derived
     @property
+    def input_shape(self) -> tuple[int]:
+        """The per-example input shape: the dataset's pixels, flat."""
+        return (math.prod(data.dataset_spec(self.dataset).image_shape),)
+
+    @property
     def sizes(self) -> tuple[int, ...]:
-        """Layer widths: the dataset's pixels, :attr:`hidden`, its classes."""
+        """The MLP's layer widths: the dataset's pixels, :attr:`hidden`, its
+        classes."""
         spec = data.dataset_spec(self.dataset)
-        return (math.prod(spec.image_shape), *self.hidden, spec.num_classes)
+        return (*self.input_shape, *self.hidden, spec.num_classes)
 
     @property
     def mlp(self) -> MLP:
-        """The network spec."""
+        """The MLP of :attr:`hidden` and :attr:`activation` (the network when
+        :attr:`model` is ``None``)."""
         return MLP(self.sizes, self.activation, self.output_activation, self.loss)
+
+    @property
+    def net(self) -> MLP | Sequential:
+        """The network spec: :attr:`mlp`, or the :class:`~jaxbp.Sequential` of
+        :attr:`model` on :attr:`input_shape`."""
+        if self.model is None:
+            return self.mlp
+        return Sequential(
+            models.parse(self.model), input_shape=self.input_shape, objective=self.loss
+        )
 
     @property
     def dp(self) -> train.DPConfig | None:
@@ -203,6 +276,9 @@ class TrainConfig:
         ]
 
 
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
@@ -228,7 +304,7 @@ class TrainSetup(NamedTuple):
 
     Attributes:
       config: the config it was built from.
-      net: the :class:`~jaxbp.MLP`.
+      net: the :class:`~jaxbp.MLP` or :class:`~jaxbp.Sequential`.
       optimizer: the optax optimizer, its schedule spanning the whole run.
       state: the initial :class:`~jaxbp.train.TrainState` (step 0).
       train_data: ``(x, y)``: ``uint8`` pixels ``(N, 784)`` (scaled to ``[0, 1]``
@@ -237,7 +313,7 @@ class TrainSetup(NamedTuple):
     """
 
     config: TrainConfig
-    net: MLP
+    net: MLP | Sequential
     optimizer: optax.GradientTransformation
     state: train.TrainState
     train_data: tuple[Any, Any]
@@ -328,7 +404,7 @@ def setup(
         raise ValueError(
             f"batch_size {config.batch_size} exceeds the {num_train} training examples"
         )
-    net = config.mlp
+    net = config.net
     optimizer = optim.make_optimizer(
         config.optimizer,
         config.lr,
@@ -347,6 +423,7 @@ def fit(
     start_epoch: int = 0,
     on_epoch: Callable[[train.TrainState, train.EpochLog], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    on_progress: Callable[[train.EpochProgress], None] | None = None,
 ) -> tuple[train.TrainState, list[train.EpochLog], dict]:
     """Trains ``run.state`` as its config says (:func:`jaxbp.train.fit`).
 
@@ -356,6 +433,8 @@ def fit(
       start_epoch: epochs ``run.state`` has already trained.
       on_epoch: called with ``(state, log)`` after every epoch.
       mesh: train data-parallel over this mesh's ``"data"`` axis.
+      on_progress: called with a :class:`~jaxbp.train.EpochProgress` while each
+        epoch runs (see :func:`jaxbp.train.fit`).
 
     Returns:
       ``(state, logs, timing)`` as :func:`jaxbp.train.fit` returns them.
@@ -377,4 +456,5 @@ def fit(
         on_epoch=on_epoch,
         mesh=mesh,
         dp=config.dp,
+        on_progress=on_progress,
     )

@@ -354,3 +354,80 @@ def test_save_returns_a_path(tmp_path, adam_state):
     result = checkpoint.save_checkpoint(str(tmp_path / "c.npz"), adam_state, NET)
     assert isinstance(result, pathlib.Path)
     assert result == tmp_path / "c.npz"
+
+
+# --- Sequential networks
+def _sequential():
+    from jaxbp import models
+    from jaxbp.sequential import Sequential
+
+    spec = "reshape(5,1,1),conv(2,1),bn,relu,flatten,res(dense(10),bn),dense(3)"
+    return Sequential(models.parse(spec), input_shape=(5,))
+
+
+def _sequential_state(net, seed=0):
+    """A state whose every leaf differs from a fresh one's (as after training)."""
+    optimizer = optim.make_optimizer("adam", 1e-2)
+    state = train.init_train_state(net, optimizer, jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+
+    def moved(leaf):
+        return jnp.asarray(rng.normal(size=leaf.shape), leaf.dtype)
+
+    return state._replace(
+        params=jax.tree.map(moved, state.params),
+        opt_state=jax.tree.map(moved, state.opt_state),
+        model_state=jax.tree.map(moved, state.model_state),
+        step=jnp.asarray(7, jnp.int32),
+    )
+
+
+def test_sequential_round_trip_is_bitwise(tmp_path):
+    net = _sequential()
+    state = _sequential_state(net)
+    path = checkpoint.save_checkpoint(tmp_path / "c.npz", state, net, meta={"e": 1})
+    with np.load(path) as saved:
+        names = set(saved.files)
+    assert {"params/1/w", "params/2/g", "params/5/0/w", "params/5/1/b"} <= names
+    assert {"model_state/2/mean", "model_state/5/1/var"} <= names
+    restored, meta = checkpoint.restore_train_state(path, _template(net=net, seed=5))
+    _assert_states_equal(restored, state)
+    _assert_trees_equal(restored.model_state, state.model_state)
+    assert meta["e"] == 1
+    loaded, params, meta = checkpoint.load_checkpoint(path)
+    assert loaded == net and meta["net"]["input_shape"] == [5]
+    _assert_trees_equal(params, state.params)
+    _assert_trees_equal(checkpoint.load_model_state(path), state.model_state)
+
+
+def test_an_mlp_checkpoint_keeps_its_names_and_has_no_model_state(saved):
+    path, state = saved
+    with np.load(path) as data:
+        names = set(data.files)
+    params = {f"params/{l}/{n}" for l in range(NET.depth) for n in ("w", "b")}
+    opt = {f"opt_state/{i}" for i in range(len(jax.tree.leaves(state.opt_state)))}
+    assert names == params | opt | {"step", "key", "meta"}
+    assert checkpoint.load_model_state(path) is None
+    assert checkpoint.restore_train_state(path, _template())[0].model_state is None
+
+
+def test_restore_into_another_kind_of_network_fails_clearly(tmp_path, saved):
+    net = _sequential()
+    path = checkpoint.save_checkpoint(tmp_path / "c.npz", _sequential_state(net), net)
+    with pytest.raises(CheckpointError, match="do not fit the run's network"):
+        checkpoint.restore_train_state(
+            path, _template(net=MLP((5, 4, 3, 2, 3, 3, 3, 3)))
+        )
+    mlp_path, _ = saved
+    with pytest.raises(CheckpointError, match=str(mlp_path)):
+        checkpoint.restore_train_state(mlp_path, _template(net=net))
+
+
+def test_a_spec_this_jaxbp_cannot_build_is_named(tmp_path):
+    net = _sequential()
+    path = checkpoint.save_checkpoint(tmp_path / "c.npz", _sequential_state(net), net)
+    meta = checkpoint.read_meta(path)
+    meta["net"]["spec"] = "dense(3),warp(9)"
+    _rewrite_npz(path, meta=__import__("json").dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot build: spec .*'warp'"):
+        checkpoint.load_checkpoint(path)

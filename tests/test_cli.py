@@ -641,6 +641,174 @@ def test_real_entry_point_exit_status_and_message(how):
     assert result.stdout == ""
 
 
+# --- --model: a Sequential network
+# Conv, pooling, BatchNorm (also inside a residual block) and dropout, kept small.
+MODEL = (
+    "reshape(28,28,1),conv(4,3,stride=2),bn,relu,res(conv(4,3,same),bn),maxpool(2),"
+    "flatten,dropout(0.25),dense(10)"
+)
+MODEL_FLAGS = {"hidden": None, "epochs": "1", "optimizer": "sgd", "lr": "0.05"}
+_REAL_PROGRESS_INIT = cli._EpochProgress.__init__
+
+
+def _eager_progress_init(self, stream, *, bar, **_):
+    """Progress from the first step on, a plain line at each report."""
+    _REAL_PROGRESS_INIT(self, stream, bar=bar, after_s=0.0, line_every_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def model_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
+    """One epoch of ``MODEL`` with each gradient: manual with progress lines shown
+    from the first step, autodiff with ``--quiet``."""
+    runs = {}
+    folder = tmp_path_factory.mktemp("model")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(jaxbp.data, "load_dataset", _load_any_size)
+        m.setattr(cli._EpochProgress, "__init__", _eager_progress_init)
+        for grad, extra in (("manual", []), ("autodiff", ["--quiet"])):
+            out = folder / grad
+            argv = _argv(tiny_data, out, *extra, model=MODEL, grad=grad, **MODEL_FLAGS)
+            rc, stdout, stderr = _main([*argv, "--devices", "1"])
+            runs[grad] = Run(rc, out, stdout, stderr)
+    return runs
+
+
+def test_model_trains_alike_with_either_gradient(model_runs):
+    for run in model_runs.values():
+        assert run.rc == 0, run.stderr
+    manual, auto = (_metrics(model_runs[g].out) for g in ("manual", "autodiff"))
+    spec = jaxbp.models.canonical(MODEL)
+    assert manual["config"]["model"] == spec and manual["config"]["grad"] == "manual"
+    assert TrainConfig.from_dict(auto["config"]) == TrainConfig(
+        model=MODEL, grad="autodiff", epochs=1, batch_size=32, optimizer="sgd", lr=0.05
+    )
+    assert manual["network"].startswith("Sequential(Reshape(28, 28, 1), Conv2D(4, 3x3")
+    assert "sizes" not in manual
+    (m,), (a,) = manual["history"], auto["history"]
+    assert m["step"] == a["step"] == STEPS_PER_EPOCH
+    for key in ("train_loss", "test_loss"):
+        assert m[key] == pytest.approx(a[key], rel=1e-3), key
+    assert abs(m["test_accuracy"] - a["test_accuracy"]) <= 0.02
+    assert m["test_accuracy"] > 0.2  # chance is 0.1
+
+
+def test_model_checkpoint_holds_the_network_and_its_statistics(model_runs, tiny_data):
+    run = model_runs["manual"]
+    path = run.out / "checkpoint.npz"
+    net, params, meta = checkpoint.load_checkpoint(path)
+    assert net == TrainConfig(model=MODEL).net
+    assert meta["net"]["spec"] == jaxbp.models.canonical(MODEL)
+    assert [sorted(p) for p in params[:3]] == [[], ["b", "w"], ["b", "g"]]
+    state = checkpoint.load_model_state(path)
+    assert sorted(state[2]) == ["mean", "var"] and sorted(state[4][1]) == [
+        "mean",
+        "var",
+    ]
+    assert not np.allclose(state[2]["mean"], 0)  # trained running averages
+    # Evaluating with them reproduces the recorded accuracy.
+    images = jaxbp.data.read_idx(tiny_data / "t10k-images-idx3-ubyte.gz")
+    labels = jaxbp.data.read_idx(tiny_data / "t10k-labels-idx1-ubyte.gz")
+    x = images.reshape(NUM_TEST, -1).astype(np.float32) / 255
+    logits = np.asarray(net.forward(params, x, state=state))
+    accuracy = np.mean(np.argmax(logits, axis=1) == labels)
+    assert _metrics(run.out)["final_test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_progress_lines_while_an_epoch_runs_and_none_when_quiet(model_runs):
+    manual, quiet = model_runs["manual"], model_runs["autodiff"]
+    lines = manual.stderr.splitlines()
+    steps = []
+    for line in lines:
+        match = re.fullmatch(
+            rf"epoch 1/1: step (\d+)/{STEPS_PER_EPOCH} \( *\d+ %\), \d+ s, about "
+            r"\d+ s left",
+            line,
+        )
+        assert match, line
+        steps.append(int(match[1]))
+    # A first epoch reports every fifth of its 18 steps (every 4th); not the last,
+    # which the epoch's own line follows.
+    assert steps == list(range(4, STEPS_PER_EPOCH, 4))
+    assert "\r" not in manual.stderr  # plain lines, not a bar, off a terminal
+    assert quiet.stderr == "" and quiet.stdout.startswith("final test accuracy")
+
+
+def test_progress_bar_on_a_terminal():
+    stream = io.StringIO()
+    show = cli._EpochProgress(stream, bar=True, after_s=1.0, redraw_s=0.5)
+    for done, elapsed in [(0, 0), (10, 0.5), (20, 1.0), (25, 1.2), (40, 2.0), (80, 4)]:
+        show(jaxbp.train.EpochProgress(2, 3, done, 80, elapsed))
+    text = stream.getvalue()
+    frames = text.split("\r")[1:]
+    assert len(frames) == 3  # after 1 s, every 0.5 s, then erased
+    assert frames[0].startswith("[######..................] epoch 2/3: step 20/80")
+    assert frames[1].startswith("[############............] epoch 2/3: step 40/80")
+    assert frames[2] == "\x1b[K"
+    quiet = io.StringIO()
+    show = cli._EpochProgress(quiet, bar=True)
+    for done in (0, 5, 10):  # an epoch under 3 s shows nothing
+        show(jaxbp.train.EpochProgress(1, 1, done, 10, done / 10))
+    assert quiet.getvalue() == ""
+
+
+def test_resume_with_another_model_is_refused_naming_it(
+    baseline_copy, model_runs, tiny_data, tmp_path, any_size
+):
+    argv = _argv(tiny_data, baseline_copy, "--resume", model="lenet", hidden=None)
+    rc, _, stderr = _main(argv)
+    _assert_one_line_error(rc, stderr)
+    assert "--model mlp (saved) vs lenet (now)" in stderr
+    run = pathlib.Path(shutil.copytree(model_runs["manual"].out, tmp_path / "m"))
+    argv = _argv(tiny_data, run, "--resume", model="lenet", **MODEL_FLAGS)
+    rc, _, stderr = _main(argv)
+    _assert_one_line_error(rc, stderr)
+    assert f"--model {jaxbp.models.canonical(MODEL)} (saved) vs lenet (now)" in stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--hidden", "32"], "--model conflicts with --hidden: they describe the MLP"),
+        (
+            ["--activation", "tanh", "--output-activation", "identity"],
+            "--model conflicts with --activation and --output-activation",
+        ),
+        (["--model", "dense(10),fo(3)"], "at 'fo' (character 11): unknown layer"),
+        (["--model", "flatten,dense(7)"], "--model ends with 7 outputs"),
+        (["--model", "bn-res", "--dp-clip", "1"], "DP-SGD (--dp-clip) needs per-"),
+    ],
+)
+def test_bad_models_fail_with_one_line(tiny_data, tmp_path, flags, message):
+    argv = ["train", "--data-dir", str(tiny_data), "--out", str(tmp_path / "run")]
+    if "--model" not in flags:
+        flags = ["--model", "lenet", *flags]
+    rc, _, stderr = _main([*argv, *flags])
+    assert rc == 2
+    _assert_one_line_error(rc, stderr)
+    assert message in stderr, stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_flag_help_and_defaults():
+    args = cli.build_parser().parse_args(["train", "--model", "mlp", "--hidden", "8"])
+    assert cli.config_from_args(args) == TrainConfig(hidden=(8,))  # mlp: no conflict
+    sub = next(
+        a
+        for a in cli.build_parser()._actions
+        if isinstance(a, argparse._SubParsersAction)
+    )
+    help_text = " ".join(sub.choices["train"].format_help().split())
+    for name in jaxbp.models.PRESETS:
+        assert f"{name}: " in help_text
+    assert cli._default_run_name(TrainConfig(model="lenet", grad="autodiff")) == (
+        "fashion_mnist-lenet-autodiff"
+    )
+    assert cli._default_run_name(TrainConfig(model=MODEL)) == (
+        "fashion_mnist-model-manual"
+    )
+    assert cli._default_run_name(TrainConfig()) == "fashion_mnist-manual"
+
+
 # --- jaxbp check
 def test_check_passes_and_prints_pass_rows(capsys):
     rc = cli.main(["check", "--sizes", "20,8,3", "--fd-samples", "20"])

@@ -170,6 +170,79 @@ def test_differences_name_each_setting_with_both_values():
     assert b.differences(a) == [(n, new, old) for n, old, new in a.differences(b)]
 
 
+# --- model: a preset or a spec instead of the MLP
+TINY_MODEL = (
+    "reshape(28,28,1),avgpool(4),flatten,dense(8),bn,relu,dropout(0.5),dense(10)"
+)
+
+
+def test_model_is_stored_as_its_canonical_spec():
+    assert TrainConfig().model is None and TrainConfig(model="MLP").model is None
+    lenet = TrainConfig(model="lenet")
+    assert lenet.model == jaxbp.models.PRESETS["lenet"]
+    assert lenet == TrainConfig(model=" LeNet ")
+    assert lenet == TrainConfig(model=lenet.model.upper().replace(",", ", "))
+    net = lenet.net
+    assert isinstance(net, jaxbp.Sequential) and net.input_shape == (784,)
+    assert net.objective == lenet.loss and net.num_outputs == 10
+    assert TrainConfig().net == TrainConfig().mlp
+    assert TrainConfig(model="lenet", dp_clip=1.0).dp == train.DPConfig(1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"model": "lenet5"}, "model spec 'lenet5', at 'lenet5' (character 1)"),
+        ({"model": 5}, "model must be None, a preset name or a spec string"),
+        ({"model": "lenet", "hidden": (30,)}, "model conflicts with hidden"),
+        (
+            {"model": "lenet", "activation": "tanh", "output_activation": "sigmoid"},
+            "model conflicts with activation and output_activation",
+        ),
+        ({"model": "flatten,dense(5)"}, "model ends with 5 outputs but fashion_mnist"),
+        (
+            {"model": "conv(4,3),flatten,dense(10)"},
+            "model does not fit fashion_mnist's flat (784,) inputs: layer 1 Conv2D",
+        ),
+        ({"model": "dense(10),relu"}, "model does not fit the softmax_cross_entropy"),
+        (
+            {"model": "bn-res", "dp_clip": 1.0},
+            "DP-SGD (dp_clip) needs per-example gradients: per-example gradients are "
+            "not defined for layer 3 of 13, BatchNorm()",
+        ),
+    ],
+)
+def test_invalid_models_are_named(settings, match):
+    with pytest.raises(ValueError, match=re.escape(match)) as info:
+        TrainConfig(**settings)
+    assert "\n" not in str(info.value)
+
+
+def test_model_round_trips_and_differs_by_name():
+    config = TrainConfig(model=TINY_MODEL, epochs=3)
+    record = json.loads(json.dumps(config.to_dict()))
+    assert record["model"] == config.model
+    assert TrainConfig.from_dict(record) == config
+    assert TrainConfig().differences(config) == [
+        ("epochs", 10, 3),
+        ("model", None, config.model),
+    ]
+    # A record written before the setting existed is an MLP run.
+    old = TrainConfig().to_dict()
+    del old["model"]
+    assert TrainConfig.from_dict(old) == TrainConfig()
+
+
+def test_setup_of_a_model_builds_its_sequential_and_state():
+    config = dataclasses.replace(SMALL, hidden=(100,), model=TINY_MODEL)
+    run = setup(config, train_data=TRAIN, test_data=TEST)
+    assert run.net == config.net and isinstance(run.net, jaxbp.Sequential)
+    bn = run.state.model_state[4]
+    assert set(bn) == {"mean", "var"} and bn["mean"].shape == (8,)
+    assert run.state.model_state[0] == {}
+    # (tests/test_cli.py trains a model through setup and fit.)
+
+
 # --- setup
 def test_setup_builds_net_optimizer_data_and_state():
     run = setup(SMALL, train_data=TRAIN, test_data=TEST)

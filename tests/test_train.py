@@ -1,5 +1,6 @@
 """Training: steps, epochs, evaluation, divergence checks, optimizers and ``fit``."""
 
+import functools
 import math
 import time
 
@@ -518,3 +519,197 @@ def test_dp_config_is_checked_at_once(dp):
     net, opt, *_ = _dp_setup()
     with pytest.raises(ValueError, match="l2_norm_clip|noise_multiplier"):
         train.make_train_epoch(net, opt, batch_size=4, dp=dp)
+
+
+# --- Sequential networks: running statistics, dropout keys, evaluation
+def _seq_net(spec="dense(8),bn,relu,dropout(0.5),dense(3)"):
+    from jaxbp import models
+    from jaxbp.sequential import Sequential
+
+    return Sequential(models.parse(spec), input_shape=(6,))
+
+
+SEQ = _seq_net()
+
+
+def test_sequential_steps_agree_and_update_running_statistics():
+    optimizer = optax.sgd(0.1)
+    state0 = train.init_train_state(SEQ, optimizer, jax.random.key(0))
+    bn0 = state0.model_state[1]
+    assert np.all(np.asarray(bn0["mean"]) == 0) and np.all(np.asarray(bn0["var"]) == 1)
+    x, y = _data()
+    final = {}
+    for grad in train.GRAD_KINDS:
+        step = train.make_train_step(SEQ, optimizer, grad=grad)
+        state, losses = state0, []
+        for i in range(3):
+            state, metrics = step(
+                state, (x[32 * i : 32 * (i + 1)], y[32 * i : 32 * i + 32])
+            )
+            losses.append(metrics["loss"])
+        final[grad] = state, losses
+    (manual, m_losses), (auto, a_losses) = final["manual"], final["autodiff"]
+    chex.assert_trees_all_close(manual.params, auto.params, **CLOSE["float32"])
+    chex.assert_trees_all_close(manual.model_state, auto.model_state, rtol=1e-5)
+    chex.assert_trees_all_close(m_losses, a_losses, rtol=1e-5)
+    # Three steps of running averages (momentum 0.9) have moved away from 0 and 1.
+    assert not np.allclose(manual.model_state[1]["mean"], 0)
+    assert not np.allclose(manual.model_state[1]["var"], 1)
+    assert all(s == {} for i, s in enumerate(manual.model_state) if i != 1)
+
+
+def test_sequential_dropout_masks_are_keyed_by_step():
+    optimizer = optax.sgd(0.1)
+    state = train.init_train_state(SEQ, optimizer, jax.random.key(0))
+    x, y = _data(BATCH)
+    step = train.make_train_step(SEQ, optimizer)
+    a, _ = step(state, (x, y))
+    b, _ = step(state, (x, y))
+    chex.assert_trees_all_equal(a.params, b.params)  # the same key: the same masks
+    later = state._replace(step=state.step + 1)  # another step: other masks
+    c, _ = step(later, (x, y))
+    assert not np.allclose(c.params[0]["w"], a.params[0]["w"])
+    # Without dropout the step number does not matter.
+    plain = _seq_net("dense(8),bn,relu,dense(3)")
+    state = train.init_train_state(plain, optimizer, jax.random.key(0))
+    step = train.make_train_step(plain, optimizer)
+    d, _ = step(state, (x, y))
+    e, _ = step(state._replace(step=state.step + 1), (x, y))
+    chex.assert_trees_all_equal(d.params, e.params)
+
+
+def test_dropout_key_is_its_own_stream():
+    from jaxbp import per_example
+
+    key = jax.random.key(3)
+    keys = [train.dropout_key(key, step) for step in (0, 1)]
+    others = [*jax.random.split(key), per_example.dp_noise_key(key, 0)]
+    datas = [_key_data(k).tobytes() for k in keys + others]
+    assert len(set(datas)) == len(datas)
+
+
+def test_evaluate_uses_the_running_statistics():
+    params = SEQ.init(jax.random.key(1))
+    state = SEQ.init_state()
+    moved = [dict(s) for s in state]
+    moved[1] = {"mean": jnp.full((8,), 0.5), "var": jnp.full((8,), 4.0)}
+    x, y = _data(50, seed=2)
+    evaluate = train.make_evaluate(SEQ, batch_size=20)
+    forward = jax.jit(lambda p, x, s: SEQ.forward(p, x, state=s))  # evaluation mode
+    for model_state in (state, moved):
+        result = evaluate(params, x, y, model_state)
+        out = forward(params, x, model_state)
+        correct = int(np.sum(np.argmax(out, -1) == y))
+        assert int(result["correct"]) == correct
+        loss = SEQ.loss_fn.per_example(out, jax.nn.one_hot(y, 3)).mean()
+        np.testing.assert_allclose(result["loss"], loss, rtol=1e-5)
+    assert (
+        evaluate(params, x, y, state)["loss"] != evaluate(params, x, y, moved)["loss"]
+    )
+
+
+def test_dp_step_of_a_sequential_draws_its_dropout_masks_by_step():
+    from jaxbp import per_example
+
+    net = _seq_net("dense(8),ln,relu,dropout(0.5),dense(3)")
+    opt = optax.sgd(0.1)
+    state = train.init_train_state(net, opt, jax.random.key(3))
+    x, y = _data(8)
+    dp = train.DPConfig(l2_norm_clip=0.05, noise_multiplier=1.0)
+    new, _ = train.make_train_step(net, opt, dp=dp)(state, (x, y))
+    clipped_grad = jax.jit(
+        functools.partial(
+            per_example.clipped_grad, net, l2_norm_clip=0.05, noise_multiplier=1.0
+        )
+    )
+    _, clipped = clipped_grad(
+        state.params,
+        x,
+        y,
+        key=per_example.dp_noise_key(state.key, state.step),
+        dropout_key=train.dropout_key(state.key, state.step),
+    )
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, clipped)
+    chex.assert_trees_all_close(new.params, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sequential_refuses_dp_with_batchnorm_and_data_parallel_batchnorm():
+    from jaxbp import parallel
+
+    optimizer = optax.sgd(0.1)
+    with pytest.raises(ValueError, match=r"DP-SGD .* layer 2 of 5, BatchNorm\(\)"):
+        train.make_train_step(SEQ, optimizer, dp=train.DPConfig(1.0))
+    mesh = parallel.make_data_mesh(1)
+    with pytest.raises(ValueError, match="network with BatchNorm is not supported"):
+        train.make_train_epoch(SEQ, optimizer, batch_size=8, mesh=mesh)
+    dropout = _seq_net("dense(8),relu,dropout(0.5),dense(3)")
+    with pytest.raises(ValueError, match="network with Dropout is not supported"):
+        train.make_train_step(dropout, optimizer, mesh=mesh)
+
+
+def test_sequential_without_state_on_a_mesh_matches_no_mesh():
+    from jaxbp import parallel
+
+    net = _seq_net("reshape(2,3),flatten,dense(5),tanh,dense(3)")
+    optimizer = optax.sgd(0.1)
+    state = train.init_train_state(net, optimizer, jax.random.key(0))
+    x, y = _data(BATCH)
+    mesh = parallel.make_data_mesh(1)
+    plain = train.make_train_step(net, optimizer)(state, (x, y))[0]
+    sharded = train.make_train_step(net, optimizer, mesh=mesh)(
+        train.replicate_train_state(state, mesh), (x, y)
+    )[0]
+    chex.assert_trees_all_close(sharded.params, plain.params, rtol=1e-6, atol=1e-7)
+
+
+# --- progress while an epoch runs
+def test_progress_callback_leaves_the_epoch_bitwise_unchanged():
+    optimizer = optim.make_optimizer("adam", 1e-2)
+    state = train.init_train_state(NET, optimizer, jax.random.key(0))
+    x, y = _data(100)  # 12 batches of 8
+    calls = []
+    plain = train.make_train_epoch(NET, optimizer, batch_size=8)
+    reporting = train.make_train_epoch(
+        NET,
+        optimizer,
+        batch_size=8,
+        on_steps=lambda done, total: calls.append((done, total)),
+        report_every=5,
+    )
+    a, metrics_a = plain(state, x, y)
+    b, metrics_b = reporting(state, x, y)
+    assert _trees_equal(a._replace(key=None), b._replace(key=None))
+    assert np.array_equal(_key_data(a.key), _key_data(b.key))
+    assert _trees_equal(metrics_a, metrics_b)
+    jax.effects_barrier()
+    assert sorted(calls) == [(5, 12), (10, 12)]
+    calls.clear()  # the interval may change from call to call, without a recompile
+    reporting(state, x, y, jnp.asarray(4, jnp.int32))
+    reporting(state, x, y, jnp.asarray(13, jnp.int32))  # longer than the epoch
+    jax.effects_barrier()
+    assert sorted(calls) == [(4, 12), (8, 12), (12, 12)]
+    if hasattr(reporting, "_cache_size"):
+        assert reporting._cache_size() == 2  # the default, and any array
+    with pytest.raises(ValueError, match="report_every"):
+        train.make_train_epoch(NET, optimizer, batch_size=8, report_every=0)
+
+
+def test_fit_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
+    seen = []
+    _fit(epochs=3, on_progress=seen.append)
+    steps = N // BATCH
+    by_epoch = {e: [p for p in seen if p.epoch == e] for e in (1, 2, 3)}
+    for mine in by_epoch.values():
+        assert mine[0].done == 0 and mine[-1].done == steps
+        assert all(p.steps == steps and p.epochs == 3 for p in mine)
+        assert all(p.elapsed_s >= 0 for p in mine)
+    # The first epoch reports every fifth of its steps (of 3: each); it took far
+    # less than PROGRESS_INTERVAL_S, so the next ones report only (from the host)
+    # their start and end.
+    assert {p.done for p in by_epoch[1]} == set(range(steps + 1))
+    assert {p.done for p in by_epoch[2]} == {p.done for p in by_epoch[3]} == {0, steps}
+    # An epoch much slower than PROGRESS_INTERVAL_S makes the next report each step.
+    monkeypatch.setattr(train, "PROGRESS_INTERVAL_S", 1e-9)
+    seen.clear()
+    _fit(epochs=2, on_progress=seen.append)
+    assert {p.done for p in seen if p.epoch == 2} == set(range(steps + 1))
