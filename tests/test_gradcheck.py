@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -467,15 +468,16 @@ def test_check_gradients_localises_a_users_grad_fun():
     assert good.passed and good.first_failing_layer is None
 
 
-def test_check_gradients_fails_on_nan_params():
+def test_check_gradients_refuses_nan_params():
+    # A NaN in params is the point's fault, not the delta rule's: refused up front.
     net = _GOOD[0][0]
     params = _params(net)
     params[0] = dict(params[0], b=params[0]["b"].at[0].set(jnp.nan))
     x, y = _batch(net)
-    report = jaxbp.check_gradients(net, params, x, y)
-    assert not report.passed
-    with pytest.raises(AssertionError, match="gradients disagree"):
-        report.assert_passed()
+    with pytest.raises(
+        ValueError, match=r"\[0\]\['b'\] \(layer 1 of 1\) is not finite"
+    ):
+        jaxbp.check_gradients(net, params, x, y)
 
 
 # --- compare_grads, default_tiny ---------------------------------------------------
@@ -598,3 +600,181 @@ def test_a_lone_kink_is_not_mistaken_for_noise():
     assert report.passed and report.kinks == 1, str(report)
     report = jaxbp.check_grad(fun, lambda p: {"x": jnp.asarray(5.0)}, p)
     assert not report.comparisons[1].passed
+
+
+# --- tolerances: rtol = 0 is exact ----------------------------------------------------
+def _square(p):
+    return jnp.sum(p["w"] ** 2)
+
+
+def _square_grad(p):
+    return {"w": 2 * p["w"]}
+
+
+def test_rtol_zero_is_an_exact_comparison():
+    p = {"w": jnp.ones(3)}
+    wrong = jaxbp.check_grad(
+        _square, lambda p: {"w": 2.5 * p["w"]}, p, rtol=0.0, fd=None
+    )
+    assert not wrong.passed, str(wrong)
+    assert wrong.comparisons[0].leaves[0].ratio == math.inf
+    assert jaxbp.check_grad(_square, _square_grad, p, rtol=0.0, fd=None).passed
+    # rtol = 0 leaves the finite differences their own error budget
+    assert jaxbp.check_grad(_square, _square_grad, p, rtol=0.0).passed
+    exact = jaxbp.compare_grads(_square_grad(p), _square_grad(p), rtol=0.0)
+    assert exact.passed
+    off = {"w": _square_grad(p)["w"].at[1].add(1e-6)}
+    assert not jaxbp.compare_grads(off, _square_grad(p), rtol=0.0).passed
+
+
+@pytest.mark.parametrize("value", [-1e-6, -1.0, math.nan, math.inf])
+def test_bad_rtol_is_refused(value):
+    p = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match=rf"rtol must be .*, got {value}"):
+        jaxbp.check_grad(_square, _square_grad, p, rtol=value)
+    with pytest.raises(ValueError, match=rf"rtol must be .*, got {value}"):
+        jaxbp.compare_grads(_square_grad(p), _square_grad(p), rtol=value)
+    with pytest.raises(ValueError, match=rf"tiny must be .*, got {value}"):
+        jaxbp.compare_grads(_square_grad(p), _square_grad(p), tiny=value)
+
+
+# --- the point and the options are checked before anything ----------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_params_are_refused(bad):
+    p = {"b": jnp.ones(2), "w": jnp.asarray([1.0, bad, 2.0])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"params leaf \['w'\] is not finite") as e:
+            jaxbp.check_grad(_square, _square_grad, p)
+    assert f"{bad} at (1,)" in str(e.value)
+    assert "grad_fun" not in str(e.value)
+
+
+def test_non_finite_value_of_fun_is_refused():
+    def fun(p, x):
+        return jnp.sum(jnp.log(p["w"])) * x
+
+    def grad(p, x):
+        return {"w": x / p["w"]}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="fun's value at params is -inf") as e:
+            jaxbp.check_grad(fun, grad, {"w": jnp.asarray([1.0, 0.0])}, 2.0)
+        assert "grad_fun" not in str(e.value)
+        with pytest.raises(ValueError, match="fun's value at params is nan"):
+            jaxbp.check_grad(fun, grad, {"w": jnp.ones(2)}, jnp.nan)
+
+
+def test_fun_not_finite_next_to_the_point_is_refused():
+    # sqrt at 0: fun is finite at the point but not at p - h, so no quotient exists.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"fun is not finite at .*\['w'\]") as e:
+            jaxbp.check_grad(
+                lambda p: jnp.sum(jnp.sqrt(p["w"])),
+                lambda p: {"w": 0.5 / jnp.sqrt(p["w"])},
+                {"w": jnp.asarray([1.0, 0.0])},
+            )
+    assert "grad_fun" not in str(e.value)
+
+
+@pytest.mark.parametrize("step", [0.0, -1e-3, math.nan, math.inf])
+def test_fd_step_must_be_positive(step):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"fd_step must be .*, got {step}"):
+            jaxbp.check_grad(_square, _square_grad, {"w": jnp.ones(3)}, fd_step=step)
+
+
+def test_fd_step_too_small_to_move_the_point_is_refused():
+    with pytest.raises(ValueError, match=r"fd_step=1e-300 does not move params"):
+        jaxbp.check_grad(_square, _square_grad, {"w": jnp.ones(3)}, fd_step=1e-300)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("fd_samples", 0),
+        ("fd_samples", -1),
+        ("fd_samples", 2.5),
+        ("fd_samples", True),
+        ("fd_directions", 0),
+        ("fd_directions", -4),
+        ("chunk", 0),
+        ("chunk", -128),
+        ("fd_safety", 0.0),
+        ("fd_safety", -10.0),
+        ("fd_safety", math.nan),
+        ("seed", -1),
+        ("seed", 1.5),
+        ("name", ""),
+    ],
+    ids=str,
+)
+def test_bad_options_are_refused(option, value):
+    p = {"w": jnp.ones(100)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"^{option} must be .*, got {value!r}$"):
+            jaxbp.check_grad(_square, _square_grad, p, fd="sample", **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("fd_samples", 0), ("fd_directions", 0), ("chunk", 0)]
+)
+def test_bad_options_of_check_gradients_are_refused(option, value):
+    net = jaxbp.MLP(SIZES[1], activation="tanh")
+    x, y = _batch(net)
+    with pytest.raises(ValueError, match=rf"^{option} must be .*, got {value!r}$"):
+        jaxbp.check_gradients(net, _params(net), x, y, **{option: value})
+
+
+# --- has_aux, and what fun returns ----------------------------------------------------
+def test_has_aux_for_fun_and_grad_fun():
+    p = {"w": jnp.arange(3.0)}
+
+    def fun(p):
+        return jnp.sum(p["w"] ** 2), {"norm": jnp.linalg.norm(p["w"]), "tag": "x"}
+
+    def grad(p):
+        return {"w": 2 * p["w"]}, jnp.linalg.norm(p["w"])
+
+    report = jaxbp.check_grad(fun, grad, p, has_aux=True)
+    assert report.passed, str(report)
+    assert len(report.comparisons) == 3
+    wrong = jaxbp.check_grad(fun, lambda p: ({"w": 3 * p["w"]}, None), p, has_aux=True)
+    assert not wrong.passed
+    assert "leaves where grad_fun is wrong: ['w']" in str(wrong)
+
+
+def test_what_fun_returns_is_named():
+    p = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match=r"fun returned a tuple of 2 .*has_aux=True"):
+        jaxbp.check_grad(lambda p: (_square(p), 3.0), _square_grad, p)
+    with pytest.raises(ValueError, match=r"fun returned a dict .*\['loss'\]"):
+        jaxbp.check_grad(lambda p: {"loss": _square(p)}, _square_grad, p)
+    with pytest.raises(ValueError, match=r"fun returned complex64"):
+        jaxbp.check_grad(lambda p: _square(p) + 1j, _square_grad, p)
+    with pytest.raises(ValueError, match=r"fun returned int32"):
+        jaxbp.check_grad(lambda p: _square(p).astype(jnp.int32), _square_grad, p)
+    with pytest.raises(ValueError, match=r"has_aux=True: fun must return a pair"):
+        jaxbp.check_grad(_square, _square_grad, p, has_aux=True)
+    with pytest.raises(ValueError, match=r"has_aux=True: grad_fun must return a pair"):
+        jaxbp.check_grad(lambda p: (_square(p), 0), _square_grad, p, has_aux=True)
+    with pytest.raises(ValueError, match=r"grad_fun returned a tuple of 2 .*has_aux"):
+        jaxbp.check_grad(_square, lambda p: (_square_grad(p), 1.0), p)
+
+
+# --- a single array as params ---------------------------------------------------------
+def test_a_single_array_is_named_params():
+    report = jaxbp.check_grad(lambda w: jnp.sum(w**2), lambda w: 3 * w, jnp.ones(3))
+    assert not report.passed
+    for comparison in report.comparisons:
+        assert [leaf.path for leaf in comparison.leaves] == ["params"]
+    text = str(report)
+    assert "- params: 3 of 3 coordinates fail" in text
+    assert "leaves where grad_fun is wrong: params" in text
+    assert "\n      " not in text.split("\n\n")[1]  # no blank leaf column
+    with pytest.raises(ValueError, match=r"params: \(1, 3\) instead of \(3,\)"):
+        jaxbp.check_grad(lambda w: jnp.sum(w**2), lambda w: w[None], jnp.ones(3))

@@ -8,12 +8,15 @@
 3. ``jax.grad(fun)`` against the same finite differences.
 
 Each comparison is a table with one row per leaf (:mod:`jaxbp.gradcheck.report`, which
-also states the rule of comparison 1).
+also states the rule of comparison 1). Before any of them, the options, ``params``
+(finite floating-point leaves) and ``fun``'s value at ``params`` (a finite real scalar)
+are checked (:mod:`jaxbp.gradcheck.inputs`), so that a bad point is never blamed on
+``grad_fun``.
 
 **Gradient against finite differences** (comparisons 2 and 3): every probe (a
-coordinate, or a random direction ``v`` compared as ``v . g``) has an error budget from
-:mod:`jaxbp.finite_differences`: rounding ``delta_f / h`` plus truncation
-``|c_{2h} - c_h| / 3``. A smooth probe passes when
+coordinate, or a direction ``v`` compared as ``v . g``) has an error budget from
+:mod:`jaxbp.finite_differences`: rounding ``delta_f / h`` plus truncation. A smooth
+probe passes when
 
 .. math::
 
@@ -21,11 +24,18 @@ coordinate, or a random direction ``v`` compared as ``v . g``) has an error budg
    + \\text{rtol} \\cdot \\max(|u|, \\text{tiny}),
 
 with ``u`` the gradient's value, ``S = fd_safety`` (10) and the last term the rounding
-of ``u`` itself in its dtype. Where the function is not smooth within ``2h`` (a ReLU's
-corner) the probe passes as a **kink** when ``u`` lies inside the bracket of the
-one-sided quotients (a valid subgradient), widened by their rounding (``5 S`` times
-``delta_f / h``) and by the rtol term; outside it fails. A failure says how many
-times its budget the error is.
+of ``u`` itself in its dtype.
+
+**Kinks.** A *kink* is a point where the function is continuous but not
+differentiable: the corner of ``relu``, ``abs`` or ``maximum``, where the derivative
+from the left and from the right differ. There a hand-derived gradient is right when it
+is a *subgradient*, and different choices (``relu'(0) = 0`` or ``1``) are all right.
+Where a probe is not smooth within ``2h``, it passes as a ``kink`` when ``u`` lies
+inside the bracket of the one-sided quotients, that is between the one-sided
+derivatives ``f'(p; v)`` and ``-f'(p; -v)`` along that probe, widened by their rounding
+(``5 S`` times ``delta_f / h``) and by the rtol term; outside it fails.
+
+A failure says how many times its budget the error is.
 """
 
 import dataclasses
@@ -42,11 +52,12 @@ from jaxbp import finite_differences as fdiff
 from jaxbp.gradcheck.inputs import (
     as_float64,
     cast_floats,
-    check_like,
+    check_options,
     check_params,
-    check_scalar,
     dtype_of,
+    grads_of,
     resolve_dtype,
+    value_of,
 )
 from jaxbp.gradcheck.report import (
     AUTO_NAME,
@@ -74,7 +85,6 @@ AUTO_ALL_LIMIT = 4096
 #: A failure whose error is more than this many times its budget is "far beyond what
 #: finite differences can explain".
 FAR_BEYOND = 100.0
-
 _TRACER_ERRORS = (
     jax.errors.ConcretizationTypeError,
     jax.errors.TracerArrayConversionError,
@@ -89,6 +99,11 @@ def _call(transform, f, params, args):
         return transform(f)(params, *args)
     except _TRACER_ERRORS:
         return f(params, *args)
+
+
+def _value(fun, has_aux, params, *args):
+    """``fun``'s real scalar value (without its aux), checked (:func:`value_of`)."""
+    return value_of(fun(params, *args), has_aux)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,20 +134,80 @@ def _coverage(mode: str, sizes: list[int], counts: list[int], fd_dtype: str) -> 
     return f"central differences in {fd_dtype}, {what}"
 
 
-def _fd_probes(fun, params, args, *, mode, fd_dtype, step, samples_per_leaf, directions,
-               seed, chunk, coordinate_evaluator) -> list[_Probes]:  # fmt: skip
-    """Runs the finite differences of every leaf (inside the ``fd_dtype`` context)."""
+def _index(flat, shape) -> tuple[int, ...]:
+    """The index into a leaf of ``shape`` of its flat entry ``flat``."""
+    return tuple(int(i) for i in np.unravel_index(int(flat), shape))
+
+
+def _coordinate_point(path, idx, offsets, shape, j) -> str:
+    """The ``j``-th perturbed point of a leaf's coordinate probes, in words."""
+    return f"{path} {_index(idx[j // 4], shape)} moved by {offsets[j // 4, j % 4]:+.3g}"
+
+
+def _direction_point(path, offsets, j) -> str:
+    """The ``j``-th perturbed point of a leaf's direction probes, in words."""
+    return (
+        f"{path} moved along random direction {j // 4} by {offsets[j // 4, j % 4]:+g} "
+        "steps"
+    )
+
+
+def _step_words(step) -> str:
+    return "the default step" if step is None else f"fd_step={step!r}"
+
+
+def _check_values(values, where, path: str, fd_dtype: str, step) -> None:
+    """Raises ``ValueError`` if ``fun`` is not finite at the point or next to it.
+
+    ``values`` are those of ``1 + 4n`` probes (``f(p)`` first); ``where(j)`` names the
+    point of the ``j``-th perturbed one.
+    """
+    if not math.isfinite(values[0]):
+        raise ValueError(
+            f"fun's value at params is {values[0]} in {fd_dtype}: the gradient is "
+            "only defined where fun is finite"
+        )
+    bad = np.flatnonzero(~np.isfinite(values[1:]))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"fun is not finite at {bad.size} of the {values.size - 1} points next to "
+            f"params that the finite differences of {path} take (the first: {where(j)}"
+            f", where fun is {values[1 + j]}); params may sit at the edge of fun's "
+            f"domain (sqrt or log at 0): check at another point, or with an fd_step "
+            f"smaller than {_step_words(step)}"
+        )
+
+
+def _fd_probes(fun, params, args, paths, *, mode, fd_dtype, step, samples_per_leaf,
+               directions, seed, chunk, coordinate_evaluator):  # fmt: skip
+    """Runs the finite differences of every leaf (inside the ``fd_dtype`` context).
+
+    Returns:
+      ``(probes, noise)``: one :class:`_Probes` per leaf and the noise ``delta_f``.
+
+    Raises:
+      ValueError: if a step does not move ``params``, or ``fun`` is not finite at
+        ``params`` or at a perturbed point.
+    """
     leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
-    plans, evaluators, inputs = [], [], []
+    plans, evaluators, inputs, names = [], [], [], []
     for k, leaf in enumerate(leaves):
         host = np.asarray(leaf)
         if mode == "directions":
             dirs = fdiff.random_directions(host, directions, rng)
             x, offsets, eff = fdiff.direction_probes(host, dirs, fd_dtype, step=step)
+            if not np.all(np.any(eff != 0, axis=1)):
+                raise ValueError(
+                    f"{_step_words(step)} does not move params leaf {paths[k]} in "
+                    f"{fd_dtype} along a random direction: use a larger fd_step, or "
+                    "None for a step per entry"
+                )
             plans.append(("directions", np.arange(directions), offsets, eff))
             evaluators.append(fdiff.leaf_evaluator(fun, treedef, k, chunk))
             inputs.append(x)
+            names.append((paths[k], partial(_direction_point, paths[k], offsets)))
             continue
         if mode == "all" or host.size <= samples_per_leaf:
             idx = np.arange(host.size)
@@ -142,11 +217,24 @@ def _fd_probes(fun, params, args, *, mode, fd_dtype, step, samples_per_leaf, dir
             plans.append(("coordinates", idx, np.ones((0, 4)), None))
             continue
         x, offsets = fdiff.coordinate_probes(host, idx, fd_dtype, step=step)
+        if np.any(offsets == 0):
+            j = int(np.argwhere(offsets == 0)[0][0])
+            raise ValueError(
+                f"{_step_words(step)} does not move params leaf {paths[k]} at "
+                f"{_index(idx[j], host.shape)} (= {float(host.ravel()[idx[j]]):g}) in "
+                f"{fd_dtype}: use a larger fd_step, or None for a step per entry"
+            )
         plans.append(("coordinates", idx, offsets, None))
         make = coordinate_evaluator or fdiff.coordinate_evaluator
         evaluators.append(make(fun, treedef, k, chunk))
         inputs.append(x)
-    values = iter(fdiff.evaluate_all(evaluators, leaves, args, inputs))
+        names.append(
+            (paths[k], partial(_coordinate_point, paths[k], idx, offsets, host.shape))
+        )
+    evaluated = fdiff.evaluate_all(evaluators, leaves, args, inputs)
+    for values, (path, where) in zip(evaluated, names, strict=True):
+        _check_values(values, where, path, fd_dtype, step)
+    values = iter(evaluated)
     samples = [
         fdiff.samples_from(next(values), offsets)
         if positions.size
@@ -154,10 +242,32 @@ def _fd_probes(fun, params, args, *, mode, fd_dtype, step, samples_per_leaf, dir
         for _, positions, offsets, _ in plans
     ]
     noise = fdiff.noise_level(samples, fdiff.machine_eps(fd_dtype))
-    return [
+    probes = [
         _Probes(unit, positions, fdiff.quotients(sample, noise), eff)
         for (unit, positions, _, eff), sample in zip(plans, samples, strict=True)
     ]
+    return probes, noise
+
+
+def _judge(u, allow, q: fdiff.Quotients, safety):
+    """Per probe: ``|u - c_h|``, its tolerance, and whether it passes as a kink."""
+    c = q.central
+    err = np.abs(u - c)
+    smooth_tol = safety * q.rounding + 3 * q.truncation + allow
+    lo, hi = q.bracket
+    # The extrapolated one-sided quotients carry up to 5 delta_f / h of rounding.
+    margin = 5 * safety * q.rounding + allow
+    inside = (u >= lo - margin) & (u <= hi + margin)
+    kink = ~q.smooth & inside
+    # Not smooth: the distance allowed from c towards u is to the bracket's edge, so
+    # that err <= tol exactly when u is inside the widened bracket.
+    toward = np.where(u >= c, hi + margin - c, c - (lo - margin))
+    return err, np.where(q.smooth, smooth_tol, toward), kink
+
+
+def _relative(err, u, c, floor):
+    with np.errstate(invalid="ignore"):
+        return err / np.maximum(np.maximum(np.abs(u), np.abs(c)), floor)
 
 
 def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
@@ -172,22 +282,10 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
     else:
         u = g[probes.positions]
         allow = r * np.maximum(np.abs(u), floor)
-    c = q.central
-    err = np.abs(u - c)
-    smooth_tol = safety * q.rounding + 3 * q.truncation + allow
-    lo, hi = q.bracket
-    # The extrapolated one-sided quotients carry up to 5 delta_f / h of rounding.
-    margin = 5 * safety * q.rounding + allow
-    inside = (u >= lo - margin) & (u <= hi + margin)
-    kink = ~q.smooth & inside
-    # Not smooth: the distance allowed from c towards u is to the bracket's edge, so
-    # that err <= tol exactly when u is inside the widened bracket.
-    toward = np.where(u >= c, hi + margin - c, c - (lo - margin))
-    tol = np.where(q.smooth, smooth_tol, toward)
-    with np.errstate(invalid="ignore"):
-        rel = err / np.maximum(np.maximum(np.abs(u), np.abs(c)), floor)
+    err, tol, kink = _judge(u, allow, q, safety)
+    rel = _relative(err, u, q.central, floor)
     row = leaf_error(
-        path, shape, probes.unit, err, tol, rel, u, c, kink, probes.positions, r
+        path, shape, probes.unit, err, tol, rel, u, q.central, kink, probes.positions, r
     )
     return row, kink
 
@@ -240,16 +338,26 @@ def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
     return notes
 
 
+def _kink_note(name, kinks) -> str:
+    """The note on kinks: how many were accepted."""
+    return (
+        f"{kinks} entries of {name} sit where the function is not smooth within 2h "
+        "(a kink: the one-sided derivatives differ) and lie inside the bracket of the "
+        "one-sided quotients: accepted as subgradients (result 'kink')"
+    )
+
+
 def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step,
               fd_samples, fd_directions, fd_safety, rtol, seed, chunk, auto_limit,
-              coordinate_evaluator=None, title="", label=None):  # fmt: skip
+              has_aux=False, coordinate_evaluator=None, title="",
+              label=None):  # fmt: skip
     """The one checker behind :func:`check_grad` and :func:`check_gradients`.
 
     Args:
       fun, grad_fun, params: as for :func:`check_grad`.
       args: the further arguments of both, a tuple.
       name, dtype, fd, fd_dtype, fd_step, fd_samples, fd_directions, fd_safety, rtol,
-        seed, chunk: as for :func:`check_grad`.
+        seed, chunk, has_aux: as for :func:`check_grad`.
       auto_limit: ``fd="auto"`` checks every coordinate up to this many parameters.
       coordinate_evaluator: ``make(fun, treedef, k, chunk)``, a faster evaluator
         of perturbed points for coordinate probes; default
@@ -261,46 +369,57 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
       The :class:`GradCheckReport`, with the notes that explain failures and kinks
       but no localisation.
     """
-    paths = check_params(params)
+    check_options(fd_samples=fd_samples, fd_directions=fd_directions, chunk=chunk,
+                  fd_safety=fd_safety, fd_step=fd_step, rtol=rtol, seed=seed,
+                  name=name)  # fmt: skip
     dtype = resolve_dtype(dtype, "dtype")
     fd_dtype = resolve_dtype(fd_dtype, "fd_dtype")
     if fd not in (*FD_MODES, None, False):
         raise ValueError(f"fd must be one of {FD_MODES} or None, got {fd!r}")
-    leaf_dtypes = [dtype or jnp.asarray(t).dtype.name for t in jax.tree.leaves(params)]
-    needs64 = "float64" in leaf_dtypes or jax.config.jax_enable_x64
-    # --- 1. grad_fun against jax.grad, in the dtype asked for -------------------
-    with jax.enable_x64(needs64):
-        p, a = cast_floats(params, dtype), cast_floats(args, dtype)
-        check_scalar(_call(lambda f: partial(jax.eval_shape, f), fun, p, a))
-        user, auto = _call(
-            jax.jit, lambda q, *b: (grad_fun(q, *b), jax.grad(fun)(q, *b)), p, a
-        )
-        check_like(p, user, name, label)
-        user_np = [as_float64(t) for t in jax.tree.leaves(user)]
-        auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
+    paths = check_params(params, label)
     shapes = [np.shape(t) for t in jax.tree.leaves(params)]
     sizes = [math.prod(s) for s in shapes]
+    if sum(sizes) == 0:
+        raise ValueError("every leaf of params is empty: there is nothing to check")
+    leaf_dtypes = [dtype or jnp.asarray(t).dtype.name for t in jax.tree.leaves(params)]
+    dtype_name = dtype or dtype_of(jax.tree.leaves(params))
+    needs64 = "float64" in leaf_dtypes or jax.config.jax_enable_x64
+    value_fun = partial(_value, fun, has_aux)
+    # --- 1. grad_fun against jax.grad, in the dtype asked for -------------------
+
+    def both(q, *b):
+        value, auto = jax.value_and_grad(value_fun)(q, *b)
+        return value, grads_of(grad_fun(q, *b), q, has_aux, name, label), auto
+
+    with jax.enable_x64(needs64):
+        p, a = cast_floats(params, dtype), cast_floats(args, dtype)
+        value, user, auto = _call(jax.jit, both, p, a)
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"fun's value at params is {float(value)} in {dtype_name}: the "
+                "gradient is only defined where fun is finite"
+            )
+        user_np = [as_float64(t) for t in jax.tree.leaves(user)]
+        auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
     # --- 2, 3. both against finite differences ---------------------------------
-    probes = None
-    mode = None
+    probes = mode = None
     if fd:
         mode = _plan(fd, sizes, fd_samples, auto_limit)
         with jax.enable_x64(fd_dtype == "float64" or jax.config.jax_enable_x64):
-            probes = _fd_probes(
-                fun, cast_floats(params, fd_dtype), cast_floats(args, fd_dtype),
-                mode=mode, fd_dtype=fd_dtype, step=fd_step, samples_per_leaf=fd_samples,
-                directions=fd_directions, seed=seed, chunk=chunk,
-                coordinate_evaluator=coordinate_evaluator,
+            p, a = cast_floats(params, fd_dtype), cast_floats(args, fd_dtype)
+            probes, noise = _fd_probes(
+                value_fun, p, a, paths, mode=mode, fd_dtype=fd_dtype, step=fd_step,
+                samples_per_leaf=fd_samples, directions=fd_directions, seed=seed,
+                chunk=chunk, coordinate_evaluator=coordinate_evaluator,
             )  # fmt: skip
     comparisons = []
     user_rows, auto_fd_rows, user_fd_rows = [], [], []
-    kink_masks = []
     for k, path in enumerate(paths):
+        excused = np.zeros(sizes[k], bool)
         if probes is not None:
             row, kink = _against_fd(path, shapes[k], user_np[k], probes[k],
                                     leaf_dtypes[k], rtol, fd_safety)  # fmt: skip
             user_fd_rows.append(row)
-            kink_masks.append(kink)
             auto_fd_rows.append(
                 _against_fd(
                     path,
@@ -312,13 +431,12 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                     fd_safety,
                 )[0]  # fmt: skip
             )
+            # Where the function has a kink, grad_fun and jax.grad may pick different
+            # subgradients: an entry inside the finite-difference bracket is a kink.
+            if probes[k].unit == "coordinates":
+                excused[probes[k].positions] = kink
         a64, b64 = user_np[k].ravel(), auto_np[k].ravel()
         err, tol, rel = elementwise_errors(a64, b64, leaf_dtypes[k], rtol, None)
-        # Where the function has a kink, grad_fun and jax.grad may pick different
-        # subgradients: an entry inside the finite-difference bracket is a kink.
-        excused = np.zeros(err.shape, bool)
-        if probes is not None and probes[k].unit == "coordinates":
-            excused[probes[k].positions] = kink_masks[k]
         user_rows.append(
             leaf_error(
                 path,
@@ -334,7 +452,6 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 grad_rtol(leaf_dtypes[k], rtol),
             )  # fmt: skip
         )
-    dtype_name = dtype or dtype_of(jax.tree.leaves(params))
     comparisons.append(Comparison(name, AUTO_NAME, dtype_name, tuple(user_rows),
                                   "every coordinate"))  # fmt: skip
     notes = _explain(comparisons[0], None)
@@ -348,12 +465,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             notes += _explain(comparisons[-1], probes)
         kinks = comparisons[1].kinks
         if kinks:
-            notes.append(
-                f"{kinks} entries of {name} sit where the function is not smooth "
-                "within 2h (one-sided quotients disagree beyond their budget) and lie "
-                "inside the bracket of the one-sided quotients: accepted as "
-                "subgradients (result 'kink')"
-            )
+            notes.append(_kink_note(name, kinks))
     head = title or f"check_grad of {getattr(fun, '__name__', 'fun')}"
     n = sum(sizes)
     head += (
@@ -369,6 +481,7 @@ def check_grad(
     grad_fun: Callable,
     params,
     *args,
+    has_aux: bool = False,
     dtype=None,
     fd: str | None = "auto",
     fd_dtype="float64",
@@ -383,31 +496,45 @@ def check_grad(
 ) -> GradCheckReport:
     """Checks a hand-derived gradient of any function of any pytree.
 
+    Where the function has a *kink* (a point where it is continuous but its
+    derivative jumps: the corner of ``relu``, ``abs`` or ``maximum``), every
+    subgradient is right and the check accepts a value between the one-sided
+    derivatives along each coordinate probed (see :mod:`jaxbp.gradcheck.check`).
+
     Args:
-      fun: ``fun(params, *args) -> scalar``, written in ``jax.numpy``.
+      fun: ``fun(params, *args) -> scalar``, written in ``jax.numpy``; a real
+        floating-point scalar (not complex, not an integer).
       grad_fun: ``grad_fun(params, *args)``: the gradient of ``fun`` with respect to
         ``params``, a pytree of the same structure and shapes.
-      params: any pytree of floating-point arrays (dicts, lists, tuples,
-        ``NamedTuple``, registered dataclasses; ``None`` leaves are empty subtrees).
+      params: any pytree of finite floating-point arrays (dicts, lists, tuples,
+        ``NamedTuple``, registered dataclasses; ``None`` leaves are empty subtrees);
+        a single array is a tree of one leaf, named ``params`` in the report.
       *args: further arguments of both, held fixed (their floating leaves are cast
         with ``params``).
+      has_aux: as for ``jax.grad``: ``fun`` returns ``(value, aux)`` and
+        ``grad_fun`` returns ``(grads, aux)``; the aux parts are ignored.
       dtype: dtype of comparison 1 (``grad_fun`` and ``jax.grad``); default each
-        leaf's own. ``float64`` is enabled locally as needed; ``bfloat16`` and
-        ``float16`` use their own tolerances (:data:`GRAD_RTOL`).
+        leaf's own. ``float64`` is enabled locally as needed.
       fd: finite-difference mode: ``"all"`` coordinates, a ``"sample"`` of
         ``fd_samples`` coordinates per leaf, ``fd_directions`` random
         ``"directions"`` per leaf (``v . g`` against the quotient along ``v``), or
         ``"auto"`` (all up to :data:`AUTO_ALL_LIMIT` parameters, else a sample);
         ``None`` skips them.
       fd_dtype: dtype of the finite differences, float64 by default.
-      fd_step: a fixed step ``h``; default ``eps^(1/3) max(|p_i|, rms(leaf))`` per
-        entry (see :mod:`jaxbp.finite_differences`).
-      fd_samples: coordinates per leaf for ``fd="sample"``.
-      fd_directions: directions per leaf for ``fd="directions"``.
-      fd_safety: the factor ``S`` on the rounding budget of a difference quotient.
-      rtol: relative tolerance of the gradients; default by dtype.
-      seed: seed of the sampled coordinates or directions.
-      chunk: perturbed points evaluated at once (one ``vmap``).
+      fd_step: a fixed step ``h > 0``; default
+        ``eps^(1/3) max(|p_i|, rms(leaf))`` per entry (see
+        :mod:`jaxbp.finite_differences`).
+      fd_samples: coordinates per leaf for ``fd="sample"``, at least 1.
+      fd_directions: directions per leaf for ``fd="directions"``, at least 1.
+      fd_safety: the factor ``S > 0`` on the rounding budget of a difference
+        quotient.
+      rtol: relative tolerance of the gradients, ``>= 0`` (0: gradient against
+        gradient must agree exactly; finite differences keep their own error
+        budget). Default by the dtype the gradients are computed in:
+        ``jaxbp.GRAD_RTOL`` (defined in :mod:`jaxbp.gradcheck.report`), 1e-10 for
+        float64, 1e-4 for float32, 5e-2 for bfloat16 and float16.
+      seed: seed of the sampled coordinates or directions, ``>= 0``.
+      chunk: perturbed points evaluated at once (one ``vmap``), at least 1.
       name: what to call ``grad_fun`` in the report.
 
     Returns:
@@ -415,8 +542,13 @@ def check_grad(
       verdict.
 
     Raises:
-      ValueError: naming the leaf, when ``grad_fun`` returns a pytree of another
-        structure or shape; when ``fun`` does not return a scalar; on bad options.
+      ValueError: before any comparison: on a bad option (naming it, its value and
+        the values allowed); naming the leaf, when ``params`` holds a NaN or an
+        infinity; when ``fun`` is not finite at ``params`` (or at the points next to
+        it that finite differences take, or a fixed ``fd_step`` does not move
+        ``params``); when ``fun`` does not return a real scalar (naming what it
+        returned: a tuple or dict calls for ``has_aux=True``); naming the leaf, when
+        ``grad_fun`` returns a pytree of another structure or shape.
       TypeError: naming the leaf, when a leaf of ``params`` is not floating point.
 
     Examples:
@@ -433,12 +565,13 @@ def check_grad(
       >>> report = check_grad(fun, wrong, p, jnp.arange(3.0))
       >>> [leaf.verdict for leaf in report.comparisons[0].leaves]
       ['PASS', 'FAIL']
+
     """
     report = run_check(
         fun, grad_fun, params, args, name=name, dtype=dtype, fd=fd,
         fd_dtype=fd_dtype, fd_step=fd_step, fd_samples=fd_samples,
         fd_directions=fd_directions, fd_safety=fd_safety, rtol=rtol, seed=seed,
-        chunk=chunk, auto_limit=AUTO_ALL_LIMIT,
+        chunk=chunk, auto_limit=AUTO_ALL_LIMIT, has_aux=has_aux,
     )  # fmt: skip
     failing = failing_paths(report, name)
     if failing:
