@@ -778,3 +778,35 @@ def test_a_single_array_is_named_params():
     assert "\n      " not in text.split("\n\n")[1]  # no blank leaf column
     with pytest.raises(ValueError, match=r"params: \(1, 3\) instead of \(3,\)"):
         jaxbp.check_grad(lambda w: jnp.sum(w**2), lambda w: w[None], jnp.ones(3))
+
+
+# --- smooth functions at zero, tiny leaves --------------------------------------------
+@pytest.mark.parametrize(
+    ("fun", "grad"),
+    [
+        (jnp.sin, jnp.cos),
+        (lambda w: 1 - jnp.cos(w), jnp.sin),
+        (lambda w: jnp.tanh(w) ** 2, lambda w: 2 * jnp.tanh(w) / jnp.cosh(w) ** 2),
+    ],
+    ids=["sin", "1-cos", "tanh^2"],
+)
+def test_a_smooth_function_at_zero_has_no_kink(fun, grad):
+    report = jaxbp.check_grad(fun, grad, jnp.array(0.0))
+    assert report.passed and report.kinks == 0, str(report)
+    assert all(leaf.verdict == "PASS" for c in report.comparisons for leaf in c.leaves)
+    assert "accepted as subgradients" not in str(report)
+
+
+def test_a_tiny_leaf_gets_a_step_that_resolves_the_gradient():
+    # p = 1e-150: a step of eps^(1/3) |p| does not move 1 + sin(p) at all, so the
+    # quotients are 0 with an infinite budget and anything passed.
+    with jax.enable_x64(True):
+        p = jnp.asarray([1e-150, 1e-150])
+
+        def fun(w):
+            return 1 + jnp.sum(jnp.sin(w))
+
+        assert jaxbp.check_grad(fun, jnp.cos, p).passed
+        report = jaxbp.check_grad(fun, lambda w: jnp.cos(w) * 1.01, p, fd="all")
+    assert not report.comparisons[1].passed
+    assert report.comparisons[1].leaves[0].failures == 2

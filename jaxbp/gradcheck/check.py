@@ -196,7 +196,7 @@ def _fd_probes(fun, params, args, paths, *, mode, fd_dtype, step, samples_per_le
     for k, leaf in enumerate(leaves):
         host = np.asarray(leaf)
         if mode == "directions":
-            dirs = fdiff.random_directions(host, directions, rng)
+            dirs = fdiff.random_directions(host, directions, rng, fd_dtype)
             x, offsets, eff = fdiff.direction_probes(host, dirs, fd_dtype, step=step)
             if not np.all(np.any(eff != 0, axis=1)):
                 raise ValueError(
@@ -522,7 +522,7 @@ def check_grad(
         ``None`` skips them.
       fd_dtype: dtype of the finite differences, float64 by default.
       fd_step: a fixed step ``h > 0``; default
-        ``eps^(1/3) max(|p_i|, rms(leaf))`` per entry (see
+        ``eps^(1/3) max(|p_i|, rms(leaf), eps^(1/3))`` per entry (see
         :mod:`jaxbp.finite_differences`).
       fd_samples: coordinates per leaf for ``fd="sample"``, at least 1.
       fd_directions: directions per leaf for ``fd="directions"``, at least 1.
