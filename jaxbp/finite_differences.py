@@ -106,6 +106,16 @@ class Quotients(NamedTuple):
         )
         return every.min(axis=1), every.max(axis=1)
 
+    @property
+    def jump(self) -> np.ndarray:
+        """``f'(p; v) + f'(p; -v)``, forward minus backward derivative, ``(n,)``.
+
+        From the extrapolated one-sided quotients: about 0 where the function is
+        smooth, the jump in slope across a kink (positive where it is convex).
+        """
+        q = self.one_sided
+        return (2 * q[:, 0] - q[:, 2]) - (2 * q[:, 1] - q[:, 3])
+
 
 def machine_eps(dtype) -> float:
     """Machine epsilon of a float dtype (bfloat16 and float16 included)."""
@@ -293,6 +303,30 @@ def leaf_evaluator(fun: Callable, treedef, k: int, chunk: int) -> Callable:
     return run
 
 
+def entries_evaluator(fun: Callable, treedef, chunk: int) -> Callable:
+    """``(leaves, args, ids, idx, values) -> f``: a few entries of any leaves replaced.
+
+    Probe ``j`` sets the flat entry ``idx[j, m]`` of leaf ``ids[j, m]`` to
+    ``values[j, m]`` for every ``m`` (a direction that moves a few entries, possibly of
+    different leaves) and evaluates ``fun(params, *args)``; ``chunk`` probes at a time
+    under ``vmap``.
+    """
+
+    def one(leaves, args, ids, idx, values):
+        new = []
+        for k, leaf in enumerate(leaves):
+            flat = leaf.ravel()
+            at = jnp.where(ids == k, idx, flat.size)  # out of range: dropped
+            flat = flat.at[at].set(values.astype(flat.dtype), mode="drop")
+            new.append(flat.reshape(leaf.shape))
+        return fun(jax.tree.unflatten(treedef, new), *args)
+
+    def run(leaves, args, ids, idx, values):
+        return chunked_map(lambda x: one(leaves, args, *x), (ids, idx, values), chunk)
+
+    return run
+
+
 def evaluate_all(evaluators: list, leaves: list, args: tuple, inputs: list) -> list:
     """Runs ``evaluators[k](leaves, args, *inputs[k])`` for every ``k``, compiled once.
 
@@ -393,6 +427,48 @@ def direction_probes(leaf: np.ndarray, directions: np.ndarray, dtype, *, step=No
     stacked = np.concatenate([base[None], points.reshape(-1, base.size)])
     offsets = np.broadcast_to(t, (directions.shape[0], len(OFFSETS)))
     return (stacked.reshape(-1, *np.shape(leaf)),), offsets, effective
+
+
+def entries_probes(leaves: list, ids, idx, moves, dtype):
+    """The perturbed entries that probe directions moving a few entries each.
+
+    Args:
+      leaves: every leaf, in the dtype of the evaluation.
+      ids, idx: ``(n, m)`` ints: direction ``j`` moves the flat entry ``idx[j, m]`` of
+        leaf ``ids[j, m]``.
+      moves: ``(n, m)``: by ``t * moves[j, m]`` for the offsets ``t`` of
+        :data:`OFFSETS` (a step of 1 along the direction ``moves[j]``).
+      dtype: the dtype of the evaluation.
+
+    Returns:
+      ``(inputs, offsets, effective)``: ``inputs = (ids, idx, values)`` for an
+      :func:`entries_evaluator`, ``1 + 4n`` probes (``f(p)`` first); ``offsets``
+      ``(n, 4)``, the ``t`` of each; ``effective`` ``(n, m)``, the moves actually
+      taken (``(p_{+1} - p_{-1}) / 2`` of the rounded points).
+    """
+    dtype = np.dtype(dtype)
+    flats = [np.asarray(leaf, dtype).ravel() for leaf in leaves]
+    base = np.array(
+        [
+            [flats[k][i] for k, i in zip(kr, ir, strict=True)]
+            for kr, ir in zip(ids, idx, strict=True)
+        ],
+        dtype,
+    ).reshape(ids.shape)
+    t = np.array(OFFSETS)
+    points = (
+        base.astype(np.float64)[:, None, :] + t[None, :, None] * moves[:, None, :]
+    ).astype(dtype)
+    moved = points.astype(np.float64) - base.astype(np.float64)[:, None, :]
+    effective = (moved[:, 0] - moved[:, 1]) / 2
+    m = ids.shape[1]
+    inputs = (
+        np.concatenate([ids[:1], np.repeat(ids, len(OFFSETS), axis=0)]),
+        np.concatenate([idx[:1], np.repeat(idx, len(OFFSETS), axis=0)]),
+        np.concatenate([base[:1], points.reshape(-1, m)]),
+    )
+    offsets = np.broadcast_to(t, (ids.shape[0], len(OFFSETS)))
+    return inputs, offsets, effective
 
 
 def samples_from(values: np.ndarray, offsets: np.ndarray) -> Samples:

@@ -810,3 +810,98 @@ def test_a_tiny_leaf_gets_a_step_that_resolves_the_gradient():
         report = jaxbp.check_grad(fun, lambda w: jnp.cos(w) * 1.01, p, fd="all")
     assert not report.comparisons[1].passed
     assert report.comparisons[1].leaves[0].failures == 2
+
+
+# --- multivariate kinks ---------------------------------------------------------------
+def _hinge(p):
+    return jnp.maximum(p["w"][0] - p["w"][1], 0.0)
+
+
+@pytest.mark.parametrize(
+    ("g", "valid"),
+    [
+        ((0.0, 0.0), True),
+        ((1.0, -1.0), True),
+        ((0.5, -0.5), True),  # jax.grad's choice (maximum splits the tie)
+        ((0.3, -0.3), True),
+        ((1.0, 0.0), False),  # inside each coordinate's bracket, not a subgradient
+        ((0.0, -1.0), False),
+        ((1.0, -0.5), False),
+        ((0.2, -0.7), False),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_kink_across_two_coordinates_needs_a_subgradient(g, valid, dtype):
+    with jax.enable_x64(dtype == "float64"):
+        p = {"w": jnp.asarray([1.0, 1.0], dtype)}
+        report = jaxbp.check_grad(_hinge, lambda p: {"w": jnp.asarray(g, dtype)}, p)
+    coordinates = report.comparisons[1]
+    assert coordinates.passed and coordinates.kinks == 2, str(report)
+    assert report.passed == valid, str(report)
+    along = report.comparisons[3]
+    assert along.left == "grad_fun" and "along the kinks" in along.coverage
+    assert report.comparisons[4].passed  # jax.grad's own choice
+    if not valid:
+        assert "leaves where grad_fun is wrong: ['w']" in str(report)
+        assert "not a subgradient" in str(report)
+
+
+def _relu_net_at_a_kink():
+    """A 2-2-2 ReLU net whose first unit has z = 0 exactly for example 0 (x != 0)."""
+    net = jaxbp.MLP((2, 2, 2), activation="relu")
+    params = [
+        {"w": jnp.asarray([[2.0, 1.0], [-1.0, 0.5]]), "b": jnp.asarray([0.0, 0.25])},
+        {"w": jnp.asarray([[1.5, -0.5], [0.25, 1.0]]), "b": jnp.asarray([0.1, -0.2])},
+    ]
+    x = jnp.asarray([[1.0, 2.0], [0.5, -1.0]])  # z_1[0, 0] = 2 - 2 + 0 = 0
+    y = jnp.asarray([0, 1])
+    return net, params, x, y
+
+
+def _relu_one_at_zero(net):
+    """``net.loss`` with relu'(0) = 1: another valid subgradient at the kink."""
+
+    def loss(params, x, y):
+        a = x
+        for l, layer in enumerate(params):
+            z = a @ layer["w"] + layer["b"][None, :]
+            a = jnp.where(z >= 0, z, 0.0) if l < net.depth - 1 else z
+        return net.loss_fn.value(a, jaxbp.losses.prepare_targets(y, 2, x.dtype))
+
+    return loss
+
+
+def test_relu_net_at_an_exact_zero_needs_one_subgradient_per_unit():
+    net, params, x, y = _relu_net_at_a_kink()
+    g0 = jax.grad(net.loss)(params, x, y)  # relu'(0) = 0
+    g1 = jax.grad(_relu_one_at_zero(net))(params, x, y)  # relu'(0) = 1
+    assert not np.allclose(g0[0]["w"][:, 0], g1[0]["w"][:, 0])
+    for grads in (g0, g1):
+        report = jaxbp.check_grad(net.loss, lambda p, x, y, g=grads: g, params, x, y)
+        assert report.passed and report.kinks == 3, str(report)
+        assert jaxbp.check_gradients(
+            net, params, x, y, grad_fun=lambda *a, g=grads: g
+        ).passed
+    assert jaxbp.check_gradients(net, params, x, y).passed  # the delta rule's choice
+    # relu'(0) = 1 for the weights but 0 for the bias: every entry is inside its
+    # bracket, but the unit's kink runs across all three and this is no subgradient.
+    mixed = [{"w": g1[0]["w"], "b": g0[0]["b"]}, g0[1]]
+    report = jaxbp.check_grad(net.loss, lambda *a: mixed, params, x, y)
+    assert report.comparisons[1].passed and report.comparisons[1].kinks == 3
+    assert not report.passed, str(report)
+    assert "leaves where grad_fun is wrong: [0]['b'], [0]['w']" in str(report)
+    report = jaxbp.check_gradients(net, params, x, y, grad_fun=lambda *a: mixed)
+    assert not report.passed and report.first_failing_layer == 1, str(report)
+
+
+def test_kinks_of_opposite_curvature_do_not_fail_a_clarke_subgradient():
+    # relu(w0) - relu(w1) at 0: along (1, -1) it is linear with slope 1, yet jax.grad's
+    # (0, 0) is a valid (Clarke) subgradient; no pair of these kinks is tested.
+    def fun(p):
+        return jax.nn.relu(p["w"][0]) - jax.nn.relu(p["w"][1]) + jnp.abs(p["w"][2])
+
+    p = {"w": jnp.zeros(3)}
+    for g in ([0.0, 0.0, 0.0], [1.0, -1.0, 0.5], [0.5, 0.0, -1.0]):
+        report = jaxbp.check_grad(fun, lambda p, g=g: {"w": jnp.asarray(g)}, p)
+        assert report.passed and report.kinks == 3, str(report)

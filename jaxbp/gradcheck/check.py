@@ -5,7 +5,13 @@
 
 1. ``grad_fun`` against ``jax.grad(fun)``, entry by entry, in the dtype asked for;
 2. ``grad_fun`` against central finite differences (float64 by default);
-3. ``jax.grad(fun)`` against the same finite differences.
+3. ``jax.grad(fun)`` against the same finite differences;
+
+and, where the function has kinks in two or more of the coordinates probed, two more:
+
+4. ``grad_fun`` against finite differences along directions that mix two kinked
+   coordinates;
+5. ``jax.grad(fun)`` against the same.
 
 Each comparison is a table with one row per leaf (:mod:`jaxbp.gradcheck.report`, which
 also states the rule of comparison 1). Before any of them, the options, ``params``
@@ -13,7 +19,7 @@ also states the rule of comparison 1). Before any of them, the options, ``params
 are checked (:mod:`jaxbp.gradcheck.inputs`), so that a bad point is never blamed on
 ``grad_fun``.
 
-**Gradient against finite differences** (comparisons 2 and 3): every probe (a
+**Gradient against finite differences** (comparisons 2 to 5): every probe (a
 coordinate, or a direction ``v`` compared as ``v . g``) has an error budget from
 :mod:`jaxbp.finite_differences`: rounding ``delta_f / h`` plus truncation. A smooth
 probe passes when
@@ -34,6 +40,32 @@ Where a probe is not smooth within ``2h``, it passes as a ``kink`` when ``u`` li
 inside the bracket of the one-sided quotients, that is between the one-sided
 derivatives ``f'(p; v)`` and ``-f'(p; -v)`` along that probe, widened by their rounding
 (``5 S`` times ``delta_f / h``) and by the rtol term; outside it fails.
+
+One coordinate at a time is not enough: the kink of ``max(w0 - w1, 0)`` at
+``w0 = w1`` runs across both coordinates, and ``(1, 0)`` lies inside each one's bracket
+although along ``(1, 1)``, where the function is flat, its ``g . v`` is 1. So where two
+or more coordinates are kinks, pairs of them (all pairs, or a chain through all of them
+in random order when there are more than :data:`KINK_PAIRS`) are probed together along
+``v = e_i / |J_i| +- e_k / |J_k|``, with ``J`` each coordinate's jump in slope. When the
+pair lies across one kink (``relu(a . p)``: ``J_i = c |a_i|``), one of the two runs
+along the kink, where the function is differentiable and ``g . v`` must equal its
+slope, and the other across it; such pairs are recognised by the jumps along the two
+(:data:`KINK_TANGENT`) and ``g . v`` must lie between the one-sided derivatives along
+both. This catches every subgradient that mixes two choices across one kink (``(1, 0)``
+above, or ``relu'(0) = 1`` for a unit's weights with ``0`` for its bias).
+
+**What a passing check certifies at a kink** is exactly that: ``g`` lies between the
+one-sided derivatives along each probed coordinate and each probed pair direction.
+That is what every subgradient of a convex or concave function, and every Clarke
+subgradient of a function with a single kink through the point, satisfies. It samples
+finitely many directions, so it is not a proof that ``g`` is in the Clarke
+subdifferential. Pairs whose coordinates jump with opposite signs, or which do not lie
+across a single kink, are not probed: for ``relu(w0) - relu(w1)`` at 0 the function is
+linear along ``(1, -1)``, yet ``jax.grad``'s ``(0, 0)`` is a Clarke subgradient, and
+demanding ``g . v`` between the one-sided derivatives there would reject it. In
+``fd="directions"`` there are no coordinates and no pairs: each random direction of a
+leaf is judged between its one-sided derivatives, which a Clarke subgradient can fail
+where one direction crosses kinks of opposite curvature.
 
 A failure says how many times its budget the error is.
 """
@@ -85,6 +117,14 @@ AUTO_ALL_LIMIT = 4096
 #: A failure whose error is more than this many times its budget is "far beyond what
 #: finite differences can explain".
 FAR_BEYOND = 100.0
+#: At most this many pairs of kinked coordinates are probed together (two directions
+#: each); all pairs when there are few kinks, else a chain through them all.
+KINK_PAIRS = 256
+#: A pair lies across a single kink when the jump in slope along one of its two
+#: directions is at most this fraction of the jump along the other (0 and 2 for one
+#: kink; equal for two kinks of the same curvature).
+KINK_TANGENT = 0.25
+
 _TRACER_ERRORS = (
     jax.errors.ConcretizationTypeError,
     jax.errors.TracerArrayConversionError,
@@ -114,6 +154,24 @@ class _Probes:
     positions: np.ndarray  # flat indices, or direction numbers
     q: fdiff.Quotients
     effective: np.ndarray | None  # (m, size) directions actually taken
+
+
+@dataclasses.dataclass(frozen=True)
+class _KinkPairs:
+    """Directions that move two kinked coordinates at once, and their quotients.
+
+    Direction ``j`` moves the flat entries ``idx[j]`` of the leaves ``ids[j]`` by
+    ``effective[j]`` per unit step; directions ``2m`` and ``2m + 1`` are the two of
+    pair ``m``, and ``tested`` marks those of the pairs that lie across a single kink.
+    """
+
+    ids: np.ndarray  # (n, 2)
+    idx: np.ndarray  # (n, 2)
+    effective: np.ndarray  # (n, 2)
+    q: fdiff.Quotients
+    tested: np.ndarray  # (n,) bool
+    kinked: int  # coordinates found to be kinks
+    pairs: int  # pairs probed
 
 
 def _plan(mode: str, sizes: list[int], samples: int, auto_limit: int) -> str:
@@ -249,6 +307,80 @@ def _fd_probes(fun, params, args, paths, *, mode, fd_dtype, step, samples_per_le
     return probes, noise
 
 
+def _kink_pairs(fun, params, args, paths, probes, *, fd_dtype, noise, seed, chunk,
+                safety) -> _KinkPairs | None:  # fmt: skip
+    """Probes pairs of kinked coordinates together (inside the ``fd_dtype`` context).
+
+    A coordinate is a kink when its probe is not smooth and its jump in slope ``J``
+    is above the rounding of the bracket. Pairs of kinks whose jumps have the same sign
+    are probed along ``v = h (e_i / |J_i| +- e_k / |J_k|)``, ``h = min(h_i |J_i|,
+    h_k |J_k|)`` (so that no entry moves by more than its own step), and a pair is
+    tested when one of its directions is a kink and the other has at most
+    :data:`KINK_TANGENT` of its jump: it lies across a single kink.
+
+    Returns:
+      The :class:`_KinkPairs`, or ``None`` when fewer than two coordinates are kinks
+      or no pair of them has jumps of the same sign.
+    """
+    kinked = []  # (leaf, flat index, jump, step)
+    for k, p in enumerate(probes):
+        if p.unit != "coordinates" or not p.positions.size:
+            continue
+        jump = p.q.jump
+        with np.errstate(invalid="ignore"):
+            clear = ~p.q.smooth & (np.abs(jump) > 5 * safety * p.q.rounding)
+        for j in np.flatnonzero(clear):
+            kinked.append((k, int(p.positions[j]), float(jump[j]), abs(p.q.step[j])))
+    n = len(kinked)
+    if n < 2:
+        return None
+    if n * (n - 1) // 2 <= KINK_PAIRS:
+        pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    else:  # a chain through every kink, in random order
+        order = np.random.default_rng([seed, n]).permutation(n)
+        pairs = list(zip(order[:-1].tolist(), order[1:].tolist(), strict=True))
+    pairs = [(a, b) for a, b in pairs if kinked[a][2] * kinked[b][2] > 0][:KINK_PAIRS]
+    if not pairs:
+        return None
+    ids, idx, moves = [], [], []
+    for a, b in pairs:
+        (ka, ia, ja, ha), (kb, ib, jb, hb) = kinked[a], kinked[b]
+        h = min(ha * abs(ja), hb * abs(jb))
+        for sign in (1.0, -1.0):  # v = h (e_i / |J_i| +- e_k / |J_k|)
+            ids.append((ka, kb))
+            idx.append((ia, ib))
+            moves.append((h / abs(ja), sign * h / abs(jb)))
+    ids, idx, moves = np.array(ids), np.array(idx), np.array(moves)
+    leaves, treedef = jax.tree.flatten(params)
+    x, offsets, effective = fdiff.entries_probes(leaves, ids, idx, moves, fd_dtype)
+    # Each probe under vmap holds a copy of every leaf: at most 2^22 entries at once.
+    total = sum(np.size(leaf) for leaf in leaves)
+    evaluator = fdiff.entries_evaluator(
+        fun, treedef, max(1, min(chunk, 2**22 // total))
+    )
+    (values,) = fdiff.evaluate_all([evaluator], leaves, args, [x])
+
+    def where(j):
+        m = j // 4
+        return (
+            f"{paths[ids[m, 0]]} and {paths[ids[m, 1]]} moved together by "
+            f"{offsets[m, j % 4]:+g} steps along a direction mixing two kinks"
+        )
+
+    _check_values(values, where, " and ".join(sorted({paths[k] for k in ids.ravel()})),
+                  fd_dtype, None)  # fmt: skip
+    q = fdiff.quotients(fdiff.samples_from(values, offsets), noise)
+    jump = np.abs(q.jump).reshape(-1, 2)
+    smooth = q.smooth.reshape(-1, 2)
+    rows = np.arange(len(pairs))
+    along = np.argmin(jump, axis=1)  # the direction that runs along the kink
+    across = 1 - along
+    single = ~smooth[rows, across] & (
+        jump[rows, along] <= KINK_TANGENT * jump[rows, across]
+    )
+    return _KinkPairs(ids, idx, effective, q, np.repeat(single, 2), n, len(pairs))
+
+
 def _judge(u, allow, q: fdiff.Quotients, safety):
     """Per probe: ``|u - c_h|``, its tolerance, and whether it passes as a kink."""
     c = q.central
@@ -288,6 +420,34 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
         path, shape, probes.unit, err, tol, rel, u, q.central, kink, probes.positions, r
     )
     return row, kink
+
+
+def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety):
+    """Rows of a gradient against the tested pair directions, one per leaf.
+
+    A direction counts in the rows of both leaves it moves.
+    """
+    floors = [
+        default_tiny(d, float(np.max(np.abs(g), initial=0.0)))
+        for d, g in zip(dtypes, grads, strict=True)
+    ]
+    rs = np.array([grad_rtol(d, rtol) for d in dtypes])
+    g = np.array([[grads[k].ravel()[i] for k, i in zip(*pair, strict=True)]
+                  for pair in zip(kp.ids, kp.idx, strict=True)])  # fmt: skip
+    u = np.sum(kp.effective * g, axis=1)
+    floor = np.asarray(floors)[kp.ids]
+    allow = np.sum(rs[kp.ids] * np.abs(kp.effective) * np.maximum(np.abs(g), floor), 1)
+    err, tol, kink = _judge(u, allow, kp.q, safety)
+    rel = _relative(err, u, kp.q.central, np.max(np.abs(kp.effective) * floor, axis=1))
+    tested = np.flatnonzero(kp.tested)
+    rows, probes = [], []
+    for k, path in enumerate(paths):
+        mine = tested[np.any(kp.ids[tested] == k, axis=1)]
+        rows.append(leaf_error(path, shapes[k], "directions", err[mine], tol[mine],
+                               rel[mine], u[mine], kp.q.central[mine], kink[mine],
+                               mine, rs[k]))  # fmt: skip
+        probes.append(_Probes("directions", mine, kp.q, None))
+    return rows, probes
 
 
 def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
@@ -338,13 +498,54 @@ def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
     return notes
 
 
-def _kink_note(name, kinks) -> str:
-    """The note on kinks: how many were accepted."""
-    return (
+def _explain_pairs(comparison: Comparison, kp: _KinkPairs, paths, shapes) -> list[str]:
+    """What each failing leaf's worst pair direction is, and what its failure means."""
+    notes = []
+    for leaf in comparison.leaves:
+        if leaf.passed or math.isnan(leaf.max_abs):
+            continue
+        j = int(leaf.worst)
+        moved = " and ".join(
+            f"{paths[k]} {_index(i, shapes[k])} by {e:+.2e}"
+            for k, i, e in zip(kp.ids[j], kp.idx[j], kp.effective[j], strict=True)
+        )
+        lo, hi = (float(b[j]) for b in kp.q.bracket)
+        way = "along" if kp.q.smooth[j] else "across"
+        notes.append(
+            f"{leaf.path}: dir {j} moves {moved} per step, {way} the kink they share; "
+            f"there {column_name(comparison.left)} . dir = {leaf.left_value:+.6e} is "
+            f"not between the one-sided derivatives [{lo:+.6e}, {hi:+.6e}], so "
+            f"{comparison.left} is not a subgradient at params (each of its entries "
+            "may still be inside its own bracket)"
+        )
+    return notes
+
+
+def _kink_note(name, kinks, kp: _KinkPairs | None) -> str:
+    """The note on kinks: how many, and what was checked across them."""
+    note = (
         f"{kinks} entries of {name} sit where the function is not smooth within 2h "
         "(a kink: the one-sided derivatives differ) and lie inside the bracket of the "
         "one-sided quotients: accepted as subgradients (result 'kink')"
     )
+    if kp is None:
+        return note
+    tested = int(kp.tested.sum()) // 2
+    note += (
+        f"; {_plural(kp.pairs, 'pair')} of the {kp.kinked} kinked coordinates probed "
+        f"together, {tested} across a single kink"
+    )
+    if tested:
+        note += (
+            f", whose {2 * tested} directions (the 'along the kinks' tables) need "
+            f"{name} . dir between the one-sided derivatives: a necessary condition "
+            "for a subgradient, checked along these directions only"
+        )
+    return note
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step,
@@ -401,8 +602,8 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             )
         user_np = [as_float64(t) for t in jax.tree.leaves(user)]
         auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
-    # --- 2, 3. both against finite differences ---------------------------------
-    probes = mode = None
+    # --- 2, 3. both against finite differences; 4, 5. along kinks ----------------
+    probes = pairs = mode = None
     if fd:
         mode = _plan(fd, sizes, fd_samples, auto_limit)
         with jax.enable_x64(fd_dtype == "float64" or jax.config.jax_enable_x64):
@@ -412,6 +613,9 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 samples_per_leaf=fd_samples, directions=fd_directions, seed=seed,
                 chunk=chunk, coordinate_evaluator=coordinate_evaluator,
             )  # fmt: skip
+            pairs = _kink_pairs(value_fun, p, a, paths, probes, fd_dtype=fd_dtype,
+                                noise=noise, seed=seed, chunk=chunk,
+                                safety=fd_safety)  # fmt: skip
     comparisons = []
     user_rows, auto_fd_rows, user_fd_rows = [], [], []
     for k, path in enumerate(paths):
@@ -463,9 +667,22 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 Comparison(left, FD_NAME, fd_dtype, tuple(rows), coverage)
             )
             notes += _explain(comparisons[-1], probes)
+        if pairs is not None and pairs.tested.any():
+            along = (
+                f"central differences in {fd_dtype}, {int(pairs.tested.sum())} "
+                "directions along the kinks (each moves two kinked coordinates)"
+            )
+            for left, grads in ((name, user_np), (AUTO_NAME, auto_np)):
+                rows, pair_probes = _along_kinks(paths, shapes, grads, leaf_dtypes,
+                                                 pairs, rtol, fd_safety)  # fmt: skip
+                comparisons.append(
+                    Comparison(left, FD_NAME, fd_dtype, tuple(rows), along)
+                )
+                notes += _explain(comparisons[-1], pair_probes)
+                notes += _explain_pairs(comparisons[-1], pairs, paths, shapes)
         kinks = comparisons[1].kinks
         if kinks:
-            notes.append(_kink_note(name, kinks))
+            notes.append(_kink_note(name, kinks, pairs))
     head = title or f"check_grad of {getattr(fun, '__name__', 'fun')}"
     n = sum(sizes)
     head += (
@@ -499,7 +716,9 @@ def check_grad(
     Where the function has a *kink* (a point where it is continuous but its
     derivative jumps: the corner of ``relu``, ``abs`` or ``maximum``), every
     subgradient is right and the check accepts a value between the one-sided
-    derivatives along each coordinate probed (see :mod:`jaxbp.gradcheck.check`).
+    derivatives along each coordinate probed and, for kinks that run across several
+    coordinates, along directions that mix pairs of them (see
+    :mod:`jaxbp.gradcheck.check` for exactly what that certifies).
 
     Args:
       fun: ``fun(params, *args) -> scalar``, written in ``jax.numpy``; a real
@@ -533,7 +752,7 @@ def check_grad(
         budget). Default by the dtype the gradients are computed in:
         ``jaxbp.GRAD_RTOL`` (defined in :mod:`jaxbp.gradcheck.report`), 1e-10 for
         float64, 1e-4 for float32, 5e-2 for bfloat16 and float16.
-      seed: seed of the sampled coordinates or directions, ``>= 0``.
+      seed: seed of the sampled coordinates, directions and pairs of kinks, ``>= 0``.
       chunk: perturbed points evaluated at once (one ``vmap``), at least 1.
       name: what to call ``grad_fun`` in the report.
 
@@ -566,6 +785,14 @@ def check_grad(
       >>> [leaf.verdict for leaf in report.comparisons[0].leaves]
       ['PASS', 'FAIL']
 
+      At a kink, a subgradient passes and a mix of two choices does not:
+
+      >>> hinge = lambda p: jnp.maximum(p[0] - p[1], 0.0)
+      >>> w = jnp.array([1.0, 1.0])
+      >>> check_grad(hinge, lambda p: jnp.array([0.5, -0.5]), w).passed
+      True
+      >>> check_grad(hinge, lambda p: jnp.array([1.0, 0.0]), w).passed
+      False
     """
     report = run_check(
         fun, grad_fun, params, args, name=name, dtype=dtype, fd=fd,
