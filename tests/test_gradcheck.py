@@ -905,3 +905,21 @@ def test_kinks_of_opposite_curvature_do_not_fail_a_clarke_subgradient():
     for g in ([0.0, 0.0, 0.0], [1.0, -1.0, 0.5], [0.5, 0.0, -1.0]):
         report = jaxbp.check_grad(fun, lambda p, g=g: {"w": jnp.asarray(g)}, p)
         assert report.passed and report.kinks == 3, str(report)
+
+
+def test_nested_relu_kinks_do_not_fail_jax_grads_choice():
+    # Three ReLU layers, zero biases and an all-zero example: every pre-activation of
+    # that example is exactly 0, and the kinks are nested (a layer-2 unit's kink moves
+    # with the layer-1 biases). No pair of them lies across a single kink, and
+    # jax.grad's choice (a limiting gradient) and the delta rule's must pass.
+    net = jaxbp.MLP((6, 5, 5, 5, 4), activation="relu")
+    rng = np.random.default_rng(0)
+    params = [
+        {"w": jnp.asarray(rng.normal(size=(m, n)) / np.sqrt(m)), "b": jnp.zeros(n)}
+        for m, n in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+    ]
+    x = jnp.asarray(rng.normal(size=(BATCH, 6))).at[0].set(0.0)
+    y = jnp.asarray(rng.integers(0, 4, size=BATCH))
+    report = jaxbp.check_gradients(net, params, x, y)
+    assert report.passed and report.kinks == 15, str(report)
+    assert jaxbp.check_grad(net.loss, jax.grad(net.loss), params, x, y).passed

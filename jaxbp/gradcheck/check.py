@@ -47,10 +47,11 @@ although along ``(1, 1)``, where the function is flat, its ``g . v`` is 1. So wh
 or more coordinates are kinks, pairs of them (all pairs, or a chain through all of them
 in random order when there are more than :data:`KINK_PAIRS`) are probed together along
 ``v = e_i / |J_i| +- e_k / |J_k|``, with ``J`` each coordinate's jump in slope. When the
-pair lies across one kink (``relu(a . p)``: ``J_i = c |a_i|``), one of the two runs
+pair lies across one kink (``c relu(a . p)``: ``J_i = c |a_i|``), one of the two runs
 along the kink, where the function is differentiable and ``g . v`` must equal its
-slope, and the other across it; such pairs are recognised by the jumps along the two
-(:data:`KINK_TANGENT`) and ``g . v`` must lie between the one-sided derivatives along
+slope, and the other across it with the jump of that kink; such pairs are recognised
+by the function being smooth along one and by the jump across the other
+(:data:`KINK_TANGENT`), and ``g . v`` must lie between the one-sided derivatives along
 both. This catches every subgradient that mixes two choices across one kink (``(1, 0)``
 above, or ``relu'(0) = 1`` for a unit's weights with ``0`` for its bias).
 
@@ -62,10 +63,14 @@ finitely many directions, so it is not a proof that ``g`` is in the Clarke
 subdifferential. Pairs whose coordinates jump with opposite signs, or which do not lie
 across a single kink, are not probed: for ``relu(w0) - relu(w1)`` at 0 the function is
 linear along ``(1, -1)``, yet ``jax.grad``'s ``(0, 0)`` is a Clarke subgradient, and
-demanding ``g . v`` between the one-sided derivatives there would reject it. In
-``fd="directions"`` there are no coordinates and no pairs: each random direction of a
-leaf is judged between its one-sided derivatives, which a Clarke subgradient can fail
-where one direction crosses kinks of opposite curvature.
+demanding ``g . v`` between the one-sided derivatives there would reject it. The same
+can happen along one coordinate that kinks of opposite curvature cross at once:
+``relu(x + y) - relu(x - y)`` is flat along ``x`` at 0, and ``relu'(0)`` taken as 1 in
+the first and 0 in the second gives ``(1, 1)``, a Clarke subgradient that fails. There
+the check errs towards FAIL.
+In ``fd="directions"`` there are no coordinates and no pairs: each random direction of
+a leaf is judged between its one-sided derivatives, which a Clarke subgradient can
+fail where one direction crosses kinks of opposite curvature.
 
 A failure says how many times its budget the error is.
 """
@@ -120,9 +125,10 @@ FAR_BEYOND = 100.0
 #: At most this many pairs of kinked coordinates are probed together (two directions
 #: each); all pairs when there are few kinks, else a chain through them all.
 KINK_PAIRS = 256
-#: A pair lies across a single kink when the jump in slope along one of its two
-#: directions is at most this fraction of the jump along the other (0 and 2 for one
-#: kink; equal for two kinks of the same curvature).
+#: A pair lies across a single kink ``c relu(a . p)`` when the function is smooth along
+#: one of its two directions and, along the other, its jump in slope is that of the
+#: kink, ``J_i |v_i| + J_k |v_k|``, to within this fraction (two kinks of the same
+#: curvature give equal jumps along both; nested kinks, one along and twice across).
 KINK_TANGENT = 0.25
 
 _TRACER_ERRORS = (
@@ -314,9 +320,12 @@ def _kink_pairs(fun, params, args, paths, probes, *, fd_dtype, noise, seed, chun
     A coordinate is a kink when its probe is not smooth and its jump in slope ``J``
     is above the rounding of the bracket. Pairs of kinks whose jumps have the same sign
     are probed along ``v = h (e_i / |J_i| +- e_k / |J_k|)``, ``h = min(h_i |J_i|,
-    h_k |J_k|)`` (so that no entry moves by more than its own step), and a pair is
-    tested when one of its directions is a kink and the other has at most
-    :data:`KINK_TANGENT` of its jump: it lies across a single kink.
+    h_k |J_k|)`` (so that no entry moves by more than its own step). Across a single
+    kink ``c relu(a . p)`` (``J_i = c |a_i|``) one of the two runs along the kink, where
+    the function is smooth, and the other across it with the jump
+    ``J_i |v_i| + J_k |v_k| = 2 h sign(c)``; a pair is tested when both hold (to
+    within :data:`KINK_TANGENT`), so that kinks of other shapes (nested ReLUs, several
+    kinks through the pair) are left alone.
 
     Returns:
       The :class:`_KinkPairs`, or ``None`` when fewer than two coordinates are kinks
@@ -370,14 +379,21 @@ def _kink_pairs(fun, params, args, paths, probes, *, fd_dtype, noise, seed, chun
     _check_values(values, where, " and ".join(sorted({paths[k] for k in ids.ravel()})),
                   fd_dtype, None)  # fmt: skip
     q = fdiff.quotients(fdiff.samples_from(values, offsets), noise)
-    jump = np.abs(q.jump).reshape(-1, 2)
+    jump = q.jump.reshape(-1, 2)
     smooth = q.smooth.reshape(-1, 2)
     rows = np.arange(len(pairs))
-    along = np.argmin(jump, axis=1)  # the direction that runs along the kink
+    along = np.argmin(np.abs(jump), axis=1)  # the direction that runs along the kink
     across = 1 - along
-    single = ~smooth[rows, across] & (
-        jump[rows, along] <= KINK_TANGENT * jump[rows, across]
-    )
+    # the jump across one kink: J_i |v_i| + J_k |v_k|, as the coordinates measured it
+    jumps = np.array([[kinked[a][2], kinked[b][2]] for a, b in pairs])
+    expected = np.sum(jumps * np.abs(moves[::2]), axis=1)
+    with np.errstate(invalid="ignore"):
+        single = (
+            smooth[rows, along]
+            & ~smooth[rows, across]
+            & (np.abs(jump[rows, across] - expected) <= KINK_TANGENT * np.abs(expected))
+            & (np.abs(jump[rows, along]) <= KINK_TANGENT * np.abs(expected))
+        )
     return _KinkPairs(ids, idx, effective, q, np.repeat(single, 2), n, len(pairs))
 
 
