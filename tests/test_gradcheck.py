@@ -907,6 +907,7 @@ def test_kinks_of_opposite_curvature_do_not_fail_a_clarke_subgradient():
         assert report.passed and report.kinks == 3, str(report)
 
 
+
 def test_nested_relu_kinks_do_not_fail_jax_grads_choice():
     # Three ReLU layers, zero biases and an all-zero example: every pre-activation of
     # that example is exactly 0, and the kinks are nested (a layer-2 unit's kink moves
@@ -923,3 +924,29 @@ def test_nested_relu_kinks_do_not_fail_jax_grads_choice():
     report = jaxbp.check_gradients(net, params, x, y)
     assert report.passed and report.kinks == 15, str(report)
     assert jaxbp.check_grad(net.loss, jax.grad(net.loss), params, x, y).passed
+
+# --- a tree of mixed dtypes ---------------------------------------------------------
+def test_mixed_dtypes_are_judged_at_the_least_precise():
+    # d/da of sum(tanh(a)) * sum(exp(b)) carries sum(exp(b)), computed in bfloat16: the
+    # float32 leaf's gradient is only as exact as bfloat16, in jax.grad as in the
+    # correctly rounded true gradient.
+    p = {
+        "a": jnp.asarray([0.3, -1.2, 0.7], jnp.float32),
+        "b": jnp.asarray([0.3, -0.7, 1.1], jnp.bfloat16),
+    }
+
+    def fun(p):
+        return jnp.sum(jnp.tanh(p["a"])) * jnp.sum(jnp.exp(p["b"]))
+
+    a, b = (np.asarray(p[k], np.float64) for k in "ab")
+    true = {
+        "a": jnp.asarray(np.sum(np.exp(b)) / np.cosh(a) ** 2, jnp.float32),
+        "b": jnp.asarray(np.sum(np.tanh(a)) * np.exp(b), jnp.bfloat16),
+    }
+    report = jaxbp.check_grad(fun, lambda p: true, p)
+    assert report.passed, str(report)
+    assert {leaf.rtol for leaf in report.comparisons[0].leaves} == {
+        GRAD_RTOL["bfloat16"]
+    }
+    wrong = dict(true, a=true["a"] * 1.2)
+    assert not jaxbp.check_grad(fun, lambda p: wrong, p).passed

@@ -599,6 +599,10 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
     if sum(sizes) == 0:
         raise ValueError("every leaf of params is empty: there is nothing to check")
     leaf_dtypes = [dtype or jnp.asarray(t).dtype.name for t in jax.tree.leaves(params)]
+    # Where leaves of mixed dtypes meet, the function computes in the least precise of
+    # them, and that rounding reaches every leaf's gradient: judge all leaves by it.
+    working = max(leaf_dtypes, key=fdiff.machine_eps)
+    tol_dtypes = [working] * len(leaf_dtypes)
     dtype_name = dtype or dtype_of(jax.tree.leaves(params))
     needs64 = "float64" in leaf_dtypes or jax.config.jax_enable_x64
     value_fun = partial(_value, fun, has_aux)
@@ -638,7 +642,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
         excused = np.zeros(sizes[k], bool)
         if probes is not None:
             row, kink = _against_fd(path, shapes[k], user_np[k], probes[k],
-                                    leaf_dtypes[k], rtol, fd_safety)  # fmt: skip
+                                    tol_dtypes[k], rtol, fd_safety)  # fmt: skip
             user_fd_rows.append(row)
             auto_fd_rows.append(
                 _against_fd(
@@ -646,7 +650,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                     shapes[k],
                     auto_np[k],
                     probes[k],
-                    leaf_dtypes[k],
+                    tol_dtypes[k],
                     rtol,
                     fd_safety,
                 )[0]  # fmt: skip
@@ -656,7 +660,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             if probes[k].unit == "coordinates":
                 excused[probes[k].positions] = kink
         a64, b64 = user_np[k].ravel(), auto_np[k].ravel()
-        err, tol, rel = elementwise_errors(a64, b64, leaf_dtypes[k], rtol, None)
+        err, tol, rel = elementwise_errors(a64, b64, tol_dtypes[k], rtol, None)
         user_rows.append(
             leaf_error(
                 path,
@@ -669,7 +673,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 b64,
                 excused,
                 np.arange(err.size),
-                grad_rtol(leaf_dtypes[k], rtol),
+                grad_rtol(tol_dtypes[k], rtol),
             )  # fmt: skip
         )
     comparisons.append(Comparison(name, AUTO_NAME, dtype_name, tuple(user_rows),
@@ -689,7 +693,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 "directions along the kinks (each moves two kinked coordinates)"
             )
             for left, grads in ((name, user_np), (AUTO_NAME, auto_np)):
-                rows, pair_probes = _along_kinks(paths, shapes, grads, leaf_dtypes,
+                rows, pair_probes = _along_kinks(paths, shapes, grads, tol_dtypes,
                                                  pairs, rtol, fd_safety)  # fmt: skip
                 comparisons.append(
                     Comparison(left, FD_NAME, fd_dtype, tuple(rows), along)
@@ -749,7 +753,9 @@ def check_grad(
       has_aux: as for ``jax.grad``: ``fun`` returns ``(value, aux)`` and
         ``grad_fun`` returns ``(grads, aux)``; the aux parts are ignored.
       dtype: dtype of comparison 1 (``grad_fun`` and ``jax.grad``); default each
-        leaf's own. ``float64`` is enabled locally as needed.
+        leaf's own. ``float64`` is enabled locally as needed. Leaves of mixed dtypes
+        are all judged at the tolerance of the least precise of them (where they
+        meet, the function computes in it).
       fd: finite-difference mode: ``"all"`` coordinates, a ``"sample"`` of
         ``fd_samples`` coordinates per leaf, ``fd_directions`` random
         ``"directions"`` per leaf (``v . g`` against the quotient along ``v``), or
