@@ -182,7 +182,7 @@ class Samples(NamedTuple):
         return f[:, 2] - f[:, 3] - 2 * (f[:, 0] - f[:, 1])
 
 
-def noise_level(samples: list[Samples], eps: float) -> float:
+def noise_level(samples: list[Samples], eps: float, inputs=None) -> float:
     """``delta_f``: the noise of one evaluation, from all probes of a check at once.
 
     Two differences of the five values of a probe are noise plus a term far below it
@@ -191,7 +191,17 @@ def noise_level(samples: list[Samples], eps: float) -> float:
     ``E = f(2h) - f(-2h) - 2 (f(h) - f(-h))`` (plus ``2 h^3 f'''``; noise
     ``sqrt(10) s``). A kink at ``p`` itself inflates ``D4`` but not ``E``, so each probe
     offers ``min(|D4| / sqrt(70), |E| / sqrt(10))``, and ``delta_f`` is the larger of
-    ``4 eps |f|`` and 4 times the median of those over every probe of every leaf.
+    4 times the median of those over every probe of every leaf and ``4 eps`` times the
+    size of what ``f`` sums: ``|f|``, and the largest ``|df/dp_i| |p_i|`` over the
+    coordinates probed (terms of that size that cancel, as in ``-|a . p + c|`` at
+    ``a . p = -c``, leave their rounding in a small ``f``; where the arithmetic is
+    exact, dyadic values, the median misses it).
+
+    Args:
+      samples: the values at the probes of every leaf.
+      eps: machine epsilon of the evaluation.
+      inputs: optionally, for each of ``samples``, ``|p_i|`` of the coordinate that
+        each probe moves, ``(n,)``; ``None`` for a leaf probed along directions.
     """
     if samples:
         per_probe = np.concatenate(
@@ -206,6 +216,11 @@ def noise_level(samples: list[Samples], eps: float) -> float:
         (max(abs(s.f0), float(np.max(np.abs(s.values), initial=0.0))) for s in samples),
         default=0.0,
     )
+    for s, p in zip(samples, inputs or [None] * len(samples), strict=True):
+        if p is not None and np.size(p):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slope = np.max(np.abs((s.values - s.f0) / s.offsets), axis=1)
+            scale = max(scale, float(np.max(np.nan_to_num(slope) * np.abs(p))))
     estimate = 4 * float(np.median(per_probe)) if per_probe.size else 0.0
     return max(4 * eps * scale, estimate, float(np.finfo(np.float64).tiny))
 

@@ -925,6 +925,32 @@ def test_nested_relu_kinks_do_not_fail_jax_grads_choice():
     assert report.passed and report.kinks == 15, str(report)
     assert jaxbp.check_grad(net.loss, jax.grad(net.loss), params, x, y).passed
 
+
+def test_a_kink_behind_cancelling_terms_keeps_its_whole_bracket():
+    # -|a . x + c| at a point where terms of size 4 sum to exactly 0: next to it, f is
+    # 1e-5 but carries the rounding of those terms (1e-16 absolute, not 1e-21), which
+    # the noise must include, or the edges of the bracket (-a, a) fail by 1e-10.
+    x = {
+        "p0": jnp.asarray([2.0]),
+        "p1": jnp.asarray([[-2.0, 2.0, -0.5], [-2.0, 0.5, 1.5]]),
+        "p2": jnp.asarray([-0.25, -0.25, 0.5]),
+    }
+    a = {
+        "p0": jnp.asarray([-2.0]),
+        "p1": jnp.asarray([[2.0, 1.0, -1.0], [-2.0, 1.0, 2.0]]),
+        "p2": jnp.asarray([-2.0, 0.5, 0.0]),
+    }
+
+    def fun(w):
+        return -jnp.abs(sum(jnp.sum(a[k] * w[k]) for k in w) - 2.375)
+
+    with jax.enable_x64(True):
+        x, a = jax.tree.map(lambda t: t.astype(jnp.float64), (x, a))
+        for sign in (-1.0, 0.0, 1.0):  # -sign(z) a, for the choices of sign(0)
+            grads = jax.tree.map(lambda t, s=sign: -s * t, a)
+            report = jaxbp.check_grad(fun, lambda w, g=grads: g, x)
+            assert report.passed, str(report)
+
 # --- a tree of mixed dtypes ---------------------------------------------------------
 def test_mixed_dtypes_are_judged_at_the_least_precise():
     # d/da of sum(tanh(a)) * sum(exp(b)) carries sum(exp(b)), computed in bfloat16: the

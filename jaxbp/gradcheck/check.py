@@ -305,7 +305,13 @@ def _fd_probes(fun, params, args, paths, *, mode, fd_dtype, step, samples_per_le
         else fdiff.Samples(0.0, np.zeros((0, 4)), offsets)
         for _, positions, offsets, _ in plans
     ]
-    noise = fdiff.noise_level(samples, fdiff.machine_eps(fd_dtype))
+    inputs = [
+        np.abs(np.asarray(leaf, np.float64).ravel()[positions])
+        if unit == "coordinates"
+        else None
+        for leaf, (unit, positions, _, _) in zip(leaves, plans, strict=True)
+    ]
+    noise = fdiff.noise_level(samples, fdiff.machine_eps(fd_dtype), inputs)
     probes = [
         _Probes(unit, positions, fdiff.quotients(sample, noise), eff)
         for (unit, positions, _, eff), sample in zip(plans, samples, strict=True)
