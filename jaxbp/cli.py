@@ -74,6 +74,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fd_samples(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < -1:
+        raise argparse.ArgumentTypeError(
+            "must be -1 (every parameter), 0 (none) or a positive number of "
+            f"coordinates per leaf, got {text!r}"
+        )
+    return value
+
+
 def _float(text: str, *, positive: bool) -> float:
     try:
         value = float(text)
@@ -196,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--fd-samples",
-        type=int,
+        type=_fd_samples,
         default=200,
         help="coordinates per leaf to check by finite differences in float64; 0 "
         "skips them, -1 checks every parameter (default: %(default)s)",
@@ -386,7 +399,7 @@ def run_check(args) -> int:
         y = jax.random.randint(ky, (args.batch_size,), 0, net.sizes[-1])
     else:
         y = jax.random.uniform(ky, (args.batch_size, 1))
-    fd_samples = None if args.fd_samples < 0 else args.fd_samples
+    fd_samples = args.fd_samples if args.fd_samples > 0 else None  # -1: all, 0: none
     report = check_gradients(
         net,
         params,

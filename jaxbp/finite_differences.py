@@ -19,15 +19,26 @@ the central quotients, whose error is rounding plus truncation:
   ``h^4 f'''' + noise``, and the noise of ``D4`` is ``sqrt(70)`` times that of ``f``
   (:func:`noise_level`, which also guards against kinks).
 * **truncation**: ``c_h = f' + h^2 f'''/6 + O(h^4)`` and ``c_{2h} = f' + 4 h^2 f'''/6
-  + O(h^4)``, so ``|c_{2h} - c_h| / 3`` estimates the truncation error of ``c_h``.
+  + O(h^4)``, so ``|c_{2h} - c_h| / 3`` estimates the truncation error of ``c_h``. To it
+  is added ``|D4| / 4h``: a corner within ``2h`` that the kink test below lets through
+  moves ``c_h`` at most that far beyond the first estimate (a corner at distance ``d``
+  with a jump ``s`` in slope gives ``D4 = s (3d - 2h)`` and moves ``c_h`` by
+  ``s (h - d) / 2h``); for a smooth function it is ``h^3 |f''''| / 4``, negligible.
 
-The step ``h_i = eps^(1/3) max(|p_i|, rms(leaf))`` balances the two (rounding
-``eps |f| / h`` against truncation ``h^2 |f'''|`` for a function that varies on the
-scale of its parameters). The one-sided quotients ``(f(th) - f(0)) / th`` bracket the
-derivative; where the function is not smooth within ``2h`` (a ReLU's corner: ``D4`` far
-above the noise, or a truncation estimate far above the rounding), the probe is marked
-*not smooth* and the judge (:mod:`jaxbp.gradcheck`) accepts a value inside that bracket
-(a valid subgradient) instead of comparing it with ``c_h``.
+The step ``h_i = eps^(1/3) max(|p_i|, rms(leaf), eps^(1/3))`` (1 stands in for the rms
+of a leaf of zeros) balances the two (rounding ``eps |f| / h`` against truncation
+``h^2 |f'''|`` for a function that varies on the scale of its parameters); the floor
+keeps a leaf of tiny values (``1e-150``) from getting a step too small to move ``f``.
+
+**Kinks.** The one-sided quotients ``(f(p + t v) - f(p)) / t`` bracket the derivative.
+A corner at ``p`` makes ``D4`` large and of the sign opposite to the second difference
+``E2 = f(h) + f(-h) - 2 f(p)`` (``|t|``: ``D4 = -2 E2``), while a smooth function has
+``D4 = h^4 f''''``, about ``h^2 |f''''/f''|`` times ``E2``. A probe whose ``D4`` is far
+above the noise, of the sign opposite to ``E2`` and at least :data:`KINK_REL` times its
+size is marked *not smooth*, and the judge (:mod:`jaxbp.gradcheck`) accepts a value
+inside the bracket (between the one-sided derivatives along that probe) instead of
+comparing it with ``c_h``. A smooth function where it is small (``sin`` at 0, whose
+rounding noise is tiny) is not mistaken for a kink.
 
 Every value is a real evaluation of the function (no forward-mode derivatives): the
 probes of one leaf are evaluated ``chunk`` at a time under ``vmap`` inside one compiled
@@ -48,10 +59,11 @@ Array = jax.Array
 #: The offsets, in steps, at which every probe evaluates the function.
 OFFSETS = (1.0, -1.0, 2.0, -2.0)
 #: A probe is not smooth when ``|D4|`` exceeds this many times the noise ``delta_f``
-#: (pure noise gives ``|D4|`` about ``sqrt(70) / 3 = 2.8`` times ``delta_f``).
+#: (pure noise gives ``|D4|`` about ``sqrt(70) / 3 = 2.8`` times ``delta_f``) ...
 KINK_D4 = 20.0
-#: ... or when its truncation estimate exceeds this many times its rounding budget.
-KINK_TRUNCATION = 10.0
+#: ... and ``D4`` is of the sign opposite to ``E2`` and at least this many times its
+#: size (a corner at ``p`` gives 2; a smooth function ``h^2 |f''''/f''|``, ~1e-10).
+KINK_REL = 0.1
 
 
 class Quotients(NamedTuple):
@@ -64,7 +76,7 @@ class Quotients(NamedTuple):
         ``2h``.
       step: ``h`` of each probe, ``(n,)``.
       rounding: rounding error of ``c_h``, about ``delta_f / h``, ``(n,)``.
-      truncation: ``|c_{2h} - c_h| / 3``, ``(n,)``.
+      truncation: ``|c_{2h} - c_h| / 3 + |D4| / 4h``, ``(n,)``.
       smooth: whether the function looks smooth within ``2h`` of ``p``, ``(n,)``.
       noise: ``delta_f``, the estimated noise of one evaluation.
     """
@@ -94,26 +106,48 @@ class Quotients(NamedTuple):
         )
         return every.min(axis=1), every.max(axis=1)
 
+    @property
+    def jump(self) -> np.ndarray:
+        """``f'(p; v) + f'(p; -v)``, forward minus backward derivative, ``(n,)``.
+
+        From the extrapolated one-sided quotients: about 0 where the function is
+        smooth, the jump in slope across a kink (positive where it is convex).
+        """
+        q = self.one_sided
+        return (2 * q[:, 0] - q[:, 2]) - (2 * q[:, 1] - q[:, 3])
+
 
 def machine_eps(dtype) -> float:
     """Machine epsilon of a float dtype (bfloat16 and float16 included)."""
     return float(jnp.finfo(jnp.dtype(dtype)).eps)
 
 
+def step_scale(leaf: np.ndarray, dtype) -> np.ndarray:
+    """The scale of each entry, ``max(|p_i|, rms(leaf), eps^(1/3))``, flat, float64.
+
+    1 stands in for the rms of a leaf of zeros, which has no scale of its own; the
+    floor ``eps^(1/3)`` keeps the step ``eps^(1/3)`` times the scale large enough to
+    move the function (see the module docstring).
+    """
+    flat = np.abs(np.asarray(leaf, np.float64).ravel())
+    top = float(flat.max(initial=0.0))
+    # rms as top * rms(flat / top), so that squares of 1e-200 do not underflow to 0
+    rms = top * float(np.sqrt(np.mean((flat / top) ** 2))) if top > 0 else 1.0
+    return np.maximum(flat, max(rms, machine_eps(dtype) ** (1 / 3)))
+
+
 def default_steps(leaf: np.ndarray, dtype) -> np.ndarray:
-    """``h_i = eps^(1/3) max(|p_i|, rms(leaf))`` per entry, flat; 1 stands in for 0.
+    """``h_i = eps^(1/3) max(|p_i|, rms(leaf), eps^(1/3))`` per entry, flat.
 
     Args:
       leaf: the parameter leaf, any shape.
       dtype: the dtype the function is evaluated in.
 
     Returns:
-      Steps shaped ``(leaf.size,)``, float64.
+      Steps shaped ``(leaf.size,)``, float64: ``eps^(1/3)`` times
+      :func:`step_scale`.
     """
-    flat = np.abs(np.asarray(leaf, np.float64).ravel())
-    rms = float(np.sqrt(np.mean(flat * flat))) if flat.size else 0.0
-    scale = np.maximum(flat, rms if rms > 0 else 1.0)
-    return machine_eps(dtype) ** (1 / 3) * scale
+    return machine_eps(dtype) ** (1 / 3) * step_scale(leaf, dtype)
 
 
 class Samples(NamedTuple):
@@ -136,13 +170,19 @@ class Samples(NamedTuple):
         return f[:, 2] - 4 * f[:, 0] + 6 * self.f0 - 4 * f[:, 1] + f[:, 3]
 
     @property
+    def e2(self) -> np.ndarray:
+        """The even second differences ``f(h) + f(-h) - 2 f(0)``."""
+        f = self.values
+        return f[:, 0] + f[:, 1] - 2 * self.f0
+
+    @property
     def odd(self) -> np.ndarray:
         """The odd third differences ``f(2h) - f(-2h) - 2 (f(h) - f(-h))``."""
         f = self.values
         return f[:, 2] - f[:, 3] - 2 * (f[:, 0] - f[:, 1])
 
 
-def noise_level(samples: list[Samples], eps: float) -> float:
+def noise_level(samples: list[Samples], eps: float, inputs=None) -> float:
     """``delta_f``: the noise of one evaluation, from all probes of a check at once.
 
     Two differences of the five values of a probe are noise plus a term far below it
@@ -151,7 +191,17 @@ def noise_level(samples: list[Samples], eps: float) -> float:
     ``E = f(2h) - f(-2h) - 2 (f(h) - f(-h))`` (plus ``2 h^3 f'''``; noise
     ``sqrt(10) s``). A kink at ``p`` itself inflates ``D4`` but not ``E``, so each probe
     offers ``min(|D4| / sqrt(70), |E| / sqrt(10))``, and ``delta_f`` is the larger of
-    ``4 eps |f|`` and 4 times the median of those over every probe of every leaf.
+    4 times the median of those over every probe of every leaf and ``4 eps`` times the
+    size of what ``f`` sums: ``|f|``, and the largest ``|df/dp_i| |p_i|`` over the
+    coordinates probed (terms of that size that cancel, as in ``-|a . p + c|`` at
+    ``a . p = -c``, leave their rounding in a small ``f``; where the arithmetic is
+    exact, dyadic values, the median misses it).
+
+    Args:
+      samples: the values at the probes of every leaf.
+      eps: machine epsilon of the evaluation.
+      inputs: optionally, for each of ``samples``, ``|p_i|`` of the coordinate that
+        each probe moves, ``(n,)``; ``None`` for a leaf probed along directions.
     """
     if samples:
         per_probe = np.concatenate(
@@ -166,6 +216,11 @@ def noise_level(samples: list[Samples], eps: float) -> float:
         (max(abs(s.f0), float(np.max(np.abs(s.values), initial=0.0))) for s in samples),
         default=0.0,
     )
+    for s, p in zip(samples, inputs or [None] * len(samples), strict=True):
+        if p is not None and np.size(p):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slope = np.max(np.abs((s.values - s.f0) / s.offsets), axis=1)
+            scale = max(scale, float(np.max(np.nan_to_num(slope) * np.abs(p))))
     estimate = 4 * float(np.median(per_probe)) if per_probe.size else 0.0
     return max(4 * eps * scale, estimate, float(np.finfo(np.float64).tiny))
 
@@ -201,10 +256,10 @@ def quotients(samples: Samples, noise: float) -> Quotients:
         one_sided = (f - f0) / t
     step = t[:, 0]
     rounding = noise / np.abs(step)
-    truncation = np.abs(central2 - central) / 3
-    smooth = (np.abs(samples.d4) <= KINK_D4 * noise) & (
-        truncation <= KINK_TRUNCATION * rounding
-    )
+    d4, e2 = samples.d4, samples.e2
+    truncation = np.abs(central2 - central) / 3 + np.abs(d4) / (4 * np.abs(step))
+    corner = (np.abs(d4) > KINK_D4 * noise) & (d4 * e2 < 0)
+    smooth = ~(corner & (np.abs(d4) >= KINK_REL * np.abs(e2)))
     return Quotients(
         central, central2, one_sided, step, rounding, truncation, smooth, noise
     )
@@ -259,6 +314,30 @@ def leaf_evaluator(fun: Callable, treedef, k: int, chunk: int) -> Callable:
 
     def run(leaves, args, points):
         return chunked_map(lambda pt: one(leaves, args, pt), points, chunk)
+
+    return run
+
+
+def entries_evaluator(fun: Callable, treedef, chunk: int) -> Callable:
+    """``(leaves, args, ids, idx, values) -> f``: a few entries of any leaves replaced.
+
+    Probe ``j`` sets the flat entry ``idx[j, m]`` of leaf ``ids[j, m]`` to
+    ``values[j, m]`` for every ``m`` (a direction that moves a few entries, possibly of
+    different leaves) and evaluates ``fun(params, *args)``; ``chunk`` probes at a time
+    under ``vmap``.
+    """
+
+    def one(leaves, args, ids, idx, values):
+        new = []
+        for k, leaf in enumerate(leaves):
+            flat = leaf.ravel()
+            at = jnp.where(ids == k, idx, flat.size)  # out of range: dropped
+            flat = flat.at[at].set(values.astype(flat.dtype), mode="drop")
+            new.append(flat.reshape(leaf.shape))
+        return fun(jax.tree.unflatten(treedef, new), *args)
+
+    def run(leaves, args, ids, idx, values):
+        return chunked_map(lambda x: one(leaves, args, *x), (ids, idx, values), chunk)
 
     return run
 
@@ -322,16 +401,15 @@ def coordinate_probes(leaf: np.ndarray, idx: np.ndarray, dtype, *, step=None):
     return inputs, offsets
 
 
-def random_directions(leaf: np.ndarray, count: int, rng) -> np.ndarray:
+def random_directions(leaf: np.ndarray, count: int, rng, dtype) -> np.ndarray:
     """``count`` random directions for one leaf, ``(count, size)``, float64.
 
-    Entry ``i`` is ``+-max(|p_i|, rms) / sqrt(size)`` with a random sign, so a step
-    ``h`` along a direction moves every entry by ``h / sqrt(size)`` of its own scale.
+    Entry ``i`` is ``+-scale_i / sqrt(size)`` (:func:`step_scale` in ``dtype``, the
+    dtype of the evaluation) with a random sign, so a step ``h`` along a direction
+    moves every entry by ``h / sqrt(size)`` of its own scale.
     """
-    flat = np.abs(np.asarray(leaf, np.float64).ravel())
-    rms = float(np.sqrt(np.mean(flat * flat))) if flat.size else 0.0
-    scale = np.maximum(flat, rms if rms > 0 else 1.0) / math.sqrt(max(flat.size, 1))
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(count, flat.size))
+    scale = step_scale(leaf, dtype) / math.sqrt(max(np.size(leaf), 1))
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(count, np.size(leaf)))
     return signs * scale
 
 
@@ -364,6 +442,48 @@ def direction_probes(leaf: np.ndarray, directions: np.ndarray, dtype, *, step=No
     stacked = np.concatenate([base[None], points.reshape(-1, base.size)])
     offsets = np.broadcast_to(t, (directions.shape[0], len(OFFSETS)))
     return (stacked.reshape(-1, *np.shape(leaf)),), offsets, effective
+
+
+def entries_probes(leaves: list, ids, idx, moves, dtype):
+    """The perturbed entries that probe directions moving a few entries each.
+
+    Args:
+      leaves: every leaf, in the dtype of the evaluation.
+      ids, idx: ``(n, m)`` ints: direction ``j`` moves the flat entry ``idx[j, m]`` of
+        leaf ``ids[j, m]``.
+      moves: ``(n, m)``: by ``t * moves[j, m]`` for the offsets ``t`` of
+        :data:`OFFSETS` (a step of 1 along the direction ``moves[j]``).
+      dtype: the dtype of the evaluation.
+
+    Returns:
+      ``(inputs, offsets, effective)``: ``inputs = (ids, idx, values)`` for an
+      :func:`entries_evaluator`, ``1 + 4n`` probes (``f(p)`` first); ``offsets``
+      ``(n, 4)``, the ``t`` of each; ``effective`` ``(n, m)``, the moves actually
+      taken (``(p_{+1} - p_{-1}) / 2`` of the rounded points).
+    """
+    dtype = np.dtype(dtype)
+    flats = [np.asarray(leaf, dtype).ravel() for leaf in leaves]
+    base = np.array(
+        [
+            [flats[k][i] for k, i in zip(kr, ir, strict=True)]
+            for kr, ir in zip(ids, idx, strict=True)
+        ],
+        dtype,
+    ).reshape(ids.shape)
+    t = np.array(OFFSETS)
+    points = (
+        base.astype(np.float64)[:, None, :] + t[None, :, None] * moves[:, None, :]
+    ).astype(dtype)
+    moved = points.astype(np.float64) - base.astype(np.float64)[:, None, :]
+    effective = (moved[:, 0] - moved[:, 1]) / 2
+    m = ids.shape[1]
+    inputs = (
+        np.concatenate([ids[:1], np.repeat(ids, len(OFFSETS), axis=0)]),
+        np.concatenate([idx[:1], np.repeat(idx, len(OFFSETS), axis=0)]),
+        np.concatenate([base[:1], points.reshape(-1, m)]),
+    )
+    offsets = np.broadcast_to(t, (ids.shape[0], len(OFFSETS)))
+    return inputs, offsets, effective
 
 
 def samples_from(values: np.ndarray, offsets: np.ndarray) -> Samples:

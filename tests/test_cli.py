@@ -820,6 +820,15 @@ def test_check_passes_and_prints_pass_rows(capsys):
     assert out.rstrip().endswith("PASS: all comparisons pass")
 
 
+@pytest.mark.parametrize("value", ["-5", "-2", "1.5", "many"])
+def test_check_refuses_a_bad_fd_samples_with_one_line(value):
+    rc, stdout, stderr = _main(["check", "--sizes", "5,3", f"--fd-samples={value}"])
+    assert rc == 2
+    _assert_one_line_error(rc, stderr, "check")
+    assert "argument --fd-samples: must be -1 (every parameter), 0 (none) or " in stderr
+    assert value in stderr and stdout == ""
+
+
 def test_check_fails_on_a_broken_derivative(capsys, monkeypatch):
     tanh = ACTIVATIONS["tanh"]
     broken = Activation("tanh", tanh.fn, lambda z, a: jnp.ones_like(z))  # not 1-a^2

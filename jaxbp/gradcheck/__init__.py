@@ -8,14 +8,16 @@ a table with one row per leaf, named by its key path.
 
 The modules, each importing only those above it (and :mod:`jaxbp.finite_differences`):
 
-* :mod:`jaxbp.gradcheck.inputs`: the checks of what the user passes (floating-point
-  leaves, a ``grad_fun`` result shaped like ``params``, a scalar ``fun``, dtypes),
-  with errors that name the leaf;
+* :mod:`jaxbp.gradcheck.inputs`: the checks of what the user passes, made before any
+  comparison (finite floating-point leaves, a real scalar ``fun``, with ``has_aux``
+  or not, a ``grad_fun`` result shaped like ``params``, dtypes, every option in its
+  range), with errors that name the leaf or the option;
 * :mod:`jaxbp.gradcheck.report`: :class:`GradCheckReport`, :class:`Comparison` and
   :class:`LeafError`, their tables, and the rule of gradient against gradient
   (:func:`compare_grads`, :func:`default_tiny`, :data:`GRAD_RTOL`);
 * :mod:`jaxbp.gradcheck.check`: :func:`check_grad` and :func:`assert_grad_matches`,
-  the rule of gradient against finite differences (error budgets and kinks), and
+  the rule of gradient against finite differences (error budgets, kinks, and
+  directions that mix pairs of kinked coordinates), and
   :func:`finite_difference_grad`, plain central differences;
 * :mod:`jaxbp.gradcheck.mlp`: :func:`check_gradients` and
   :func:`assert_gradients_agree`, with per-layer localisation of the delta rule.

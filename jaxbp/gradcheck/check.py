@@ -5,15 +5,24 @@
 
 1. ``grad_fun`` against ``jax.grad(fun)``, entry by entry, in the dtype asked for;
 2. ``grad_fun`` against central finite differences (float64 by default);
-3. ``jax.grad(fun)`` against the same finite differences.
+3. ``jax.grad(fun)`` against the same finite differences;
+
+and, where the function has kinks in two or more of the coordinates probed, two more:
+
+4. ``grad_fun`` against finite differences along directions that mix two kinked
+   coordinates;
+5. ``jax.grad(fun)`` against the same.
 
 Each comparison is a table with one row per leaf (:mod:`jaxbp.gradcheck.report`, which
-also states the rule of comparison 1).
+also states the rule of comparison 1). Before any of them, the options, ``params``
+(finite floating-point leaves) and ``fun``'s value at ``params`` (a finite real scalar)
+are checked (:mod:`jaxbp.gradcheck.inputs`), so that a bad point is never blamed on
+``grad_fun``.
 
-**Gradient against finite differences** (comparisons 2 and 3): every probe (a
-coordinate, or a random direction ``v`` compared as ``v . g``) has an error budget from
-:mod:`jaxbp.finite_differences`: rounding ``delta_f / h`` plus truncation
-``|c_{2h} - c_h| / 3``. A smooth probe passes when
+**Gradient against finite differences** (comparisons 2 to 5): every probe (a
+coordinate, or a direction ``v`` compared as ``v . g``) has an error budget from
+:mod:`jaxbp.finite_differences`: rounding ``delta_f / h`` plus truncation. A smooth
+probe passes when
 
 .. math::
 
@@ -21,11 +30,49 @@ coordinate, or a random direction ``v`` compared as ``v . g``) has an error budg
    + \\text{rtol} \\cdot \\max(|u|, \\text{tiny}),
 
 with ``u`` the gradient's value, ``S = fd_safety`` (10) and the last term the rounding
-of ``u`` itself in its dtype. Where the function is not smooth within ``2h`` (a ReLU's
-corner) the probe passes as a **kink** when ``u`` lies inside the bracket of the
-one-sided quotients (a valid subgradient), widened by their rounding (``5 S`` times
-``delta_f / h``) and by the rtol term; outside it fails. A failure says how many
-times its budget the error is.
+of ``u`` itself in its dtype.
+
+**Kinks.** A *kink* is a point where the function is continuous but not
+differentiable: the corner of ``relu``, ``abs`` or ``maximum``, where the derivative
+from the left and from the right differ. There a hand-derived gradient is right when it
+is a *subgradient*, and different choices (``relu'(0) = 0`` or ``1``) are all right.
+Where a probe is not smooth within ``2h``, it passes as a ``kink`` when ``u`` lies
+inside the bracket of the one-sided quotients, that is between the one-sided
+derivatives ``f'(p; v)`` and ``-f'(p; -v)`` along that probe, widened by their rounding
+(``5 S`` times ``delta_f / h``) and by the rtol term; outside it fails.
+
+One coordinate at a time is not enough: the kink of ``max(w0 - w1, 0)`` at
+``w0 = w1`` runs across both coordinates, and ``(1, 0)`` lies inside each one's bracket
+although along ``(1, 1)``, where the function is flat, its ``g . v`` is 1. So where two
+or more coordinates are kinks, pairs of them (all pairs, or a chain through all of them
+in random order when there are more than :data:`KINK_PAIRS`) are probed together along
+``v = e_i / |J_i| +- e_k / |J_k|``, with ``J`` each coordinate's jump in slope. When the
+pair lies across one kink (``c relu(a . p)``: ``J_i = c |a_i|``), one of the two runs
+along the kink, where the function is differentiable and ``g . v`` must equal its
+slope, and the other across it with the jump of that kink; such pairs are recognised
+by the function being smooth along one and by the jump across the other
+(:data:`KINK_TANGENT`), and ``g . v`` must lie between the one-sided derivatives along
+both. This catches every subgradient that mixes two choices across one kink (``(1, 0)``
+above, or ``relu'(0) = 1`` for a unit's weights with ``0`` for its bias).
+
+**What a passing check certifies at a kink** is exactly that: ``g`` lies between the
+one-sided derivatives along each probed coordinate and each probed pair direction.
+That is what every subgradient of a convex or concave function, and every Clarke
+subgradient of a function with a single kink through the point, satisfies. It samples
+finitely many directions, so it is not a proof that ``g`` is in the Clarke
+subdifferential. Pairs whose coordinates jump with opposite signs, or which do not lie
+across a single kink, are not probed: for ``relu(w0) - relu(w1)`` at 0 the function is
+linear along ``(1, -1)``, yet ``jax.grad``'s ``(0, 0)`` is a Clarke subgradient, and
+demanding ``g . v`` between the one-sided derivatives there would reject it. The same
+can happen along one coordinate that kinks of opposite curvature cross at once:
+``relu(x + y) - relu(x - y)`` is flat along ``x`` at 0, and ``relu'(0)`` taken as 1 in
+the first and 0 in the second gives ``(1, 1)``, a Clarke subgradient that fails. There
+the check errs towards FAIL.
+In ``fd="directions"`` there are no coordinates and no pairs: each random direction of
+a leaf is judged between its one-sided derivatives, which a Clarke subgradient can
+fail where one direction crosses kinks of opposite curvature.
+
+A failure says how many times its budget the error is.
 """
 
 import dataclasses
@@ -42,11 +89,12 @@ from jaxbp import finite_differences as fdiff
 from jaxbp.gradcheck.inputs import (
     as_float64,
     cast_floats,
-    check_like,
+    check_options,
     check_params,
-    check_scalar,
     dtype_of,
+    grads_of,
     resolve_dtype,
+    value_of,
 )
 from jaxbp.gradcheck.report import (
     AUTO_NAME,
@@ -74,6 +122,14 @@ AUTO_ALL_LIMIT = 4096
 #: A failure whose error is more than this many times its budget is "far beyond what
 #: finite differences can explain".
 FAR_BEYOND = 100.0
+#: At most this many pairs of kinked coordinates are probed together (two directions
+#: each); all pairs when there are few kinks, else a chain through them all.
+KINK_PAIRS = 256
+#: A pair lies across a single kink ``c relu(a . p)`` when the function is smooth along
+#: one of its two directions and, along the other, its jump in slope is that of the
+#: kink, ``J_i |v_i| + J_k |v_k|``, to within this fraction (two kinks of the same
+#: curvature give equal jumps along both; nested kinks, one along and twice across).
+KINK_TANGENT = 0.25
 
 _TRACER_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -91,6 +147,11 @@ def _call(transform, f, params, args):
         return f(params, *args)
 
 
+def _value(fun, has_aux, params, *args):
+    """``fun``'s real scalar value (without its aux), checked (:func:`value_of`)."""
+    return value_of(fun(params, *args), has_aux)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Probes:
     """The finite-difference probes of one leaf and their quotients."""
@@ -99,6 +160,24 @@ class _Probes:
     positions: np.ndarray  # flat indices, or direction numbers
     q: fdiff.Quotients
     effective: np.ndarray | None  # (m, size) directions actually taken
+
+
+@dataclasses.dataclass(frozen=True)
+class _KinkPairs:
+    """Directions that move two kinked coordinates at once, and their quotients.
+
+    Direction ``j`` moves the flat entries ``idx[j]`` of the leaves ``ids[j]`` by
+    ``effective[j]`` per unit step; directions ``2m`` and ``2m + 1`` are the two of
+    pair ``m``, and ``tested`` marks those of the pairs that lie across a single kink.
+    """
+
+    ids: np.ndarray  # (n, 2)
+    idx: np.ndarray  # (n, 2)
+    effective: np.ndarray  # (n, 2)
+    q: fdiff.Quotients
+    tested: np.ndarray  # (n,) bool
+    kinked: int  # coordinates found to be kinks
+    pairs: int  # pairs probed
 
 
 def _plan(mode: str, sizes: list[int], samples: int, auto_limit: int) -> str:
@@ -119,20 +198,80 @@ def _coverage(mode: str, sizes: list[int], counts: list[int], fd_dtype: str) -> 
     return f"central differences in {fd_dtype}, {what}"
 
 
-def _fd_probes(fun, params, args, *, mode, fd_dtype, step, samples_per_leaf, directions,
-               seed, chunk, coordinate_evaluator) -> list[_Probes]:  # fmt: skip
-    """Runs the finite differences of every leaf (inside the ``fd_dtype`` context)."""
+def _index(flat, shape) -> tuple[int, ...]:
+    """The index into a leaf of ``shape`` of its flat entry ``flat``."""
+    return tuple(int(i) for i in np.unravel_index(int(flat), shape))
+
+
+def _coordinate_point(path, idx, offsets, shape, j) -> str:
+    """The ``j``-th perturbed point of a leaf's coordinate probes, in words."""
+    return f"{path} {_index(idx[j // 4], shape)} moved by {offsets[j // 4, j % 4]:+.3g}"
+
+
+def _direction_point(path, offsets, j) -> str:
+    """The ``j``-th perturbed point of a leaf's direction probes, in words."""
+    return (
+        f"{path} moved along random direction {j // 4} by {offsets[j // 4, j % 4]:+g} "
+        "steps"
+    )
+
+
+def _step_words(step) -> str:
+    return "the default step" if step is None else f"fd_step={step!r}"
+
+
+def _check_values(values, where, path: str, fd_dtype: str, step) -> None:
+    """Raises ``ValueError`` if ``fun`` is not finite at the point or next to it.
+
+    ``values`` are those of ``1 + 4n`` probes (``f(p)`` first); ``where(j)`` names the
+    point of the ``j``-th perturbed one.
+    """
+    if not math.isfinite(values[0]):
+        raise ValueError(
+            f"fun's value at params is {values[0]} in {fd_dtype}: the gradient is "
+            "only defined where fun is finite"
+        )
+    bad = np.flatnonzero(~np.isfinite(values[1:]))
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"fun is not finite at {bad.size} of the {values.size - 1} points next to "
+            f"params that the finite differences of {path} take (the first: {where(j)}"
+            f", where fun is {values[1 + j]}); params may sit at the edge of fun's "
+            f"domain (sqrt or log at 0): check at another point, or with an fd_step "
+            f"smaller than {_step_words(step)}"
+        )
+
+
+def _fd_probes(fun, params, args, paths, *, mode, fd_dtype, step, samples_per_leaf,
+               directions, seed, chunk, coordinate_evaluator):  # fmt: skip
+    """Runs the finite differences of every leaf (inside the ``fd_dtype`` context).
+
+    Returns:
+      ``(probes, noise)``: one :class:`_Probes` per leaf and the noise ``delta_f``.
+
+    Raises:
+      ValueError: if a step does not move ``params``, or ``fun`` is not finite at
+        ``params`` or at a perturbed point.
+    """
     leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
-    plans, evaluators, inputs = [], [], []
+    plans, evaluators, inputs, names = [], [], [], []
     for k, leaf in enumerate(leaves):
         host = np.asarray(leaf)
         if mode == "directions":
-            dirs = fdiff.random_directions(host, directions, rng)
+            dirs = fdiff.random_directions(host, directions, rng, fd_dtype)
             x, offsets, eff = fdiff.direction_probes(host, dirs, fd_dtype, step=step)
+            if not np.all(np.any(eff != 0, axis=1)):
+                raise ValueError(
+                    f"{_step_words(step)} does not move params leaf {paths[k]} in "
+                    f"{fd_dtype} along a random direction: use a larger fd_step, or "
+                    "None for a step per entry"
+                )
             plans.append(("directions", np.arange(directions), offsets, eff))
             evaluators.append(fdiff.leaf_evaluator(fun, treedef, k, chunk))
             inputs.append(x)
+            names.append((paths[k], partial(_direction_point, paths[k], offsets)))
             continue
         if mode == "all" or host.size <= samples_per_leaf:
             idx = np.arange(host.size)
@@ -142,22 +281,147 @@ def _fd_probes(fun, params, args, *, mode, fd_dtype, step, samples_per_leaf, dir
             plans.append(("coordinates", idx, np.ones((0, 4)), None))
             continue
         x, offsets = fdiff.coordinate_probes(host, idx, fd_dtype, step=step)
+        if np.any(offsets == 0):
+            j = int(np.argwhere(offsets == 0)[0][0])
+            raise ValueError(
+                f"{_step_words(step)} does not move params leaf {paths[k]} at "
+                f"{_index(idx[j], host.shape)} (= {float(host.ravel()[idx[j]]):g}) in "
+                f"{fd_dtype}: use a larger fd_step, or None for a step per entry"
+            )
         plans.append(("coordinates", idx, offsets, None))
         make = coordinate_evaluator or fdiff.coordinate_evaluator
         evaluators.append(make(fun, treedef, k, chunk))
         inputs.append(x)
-    values = iter(fdiff.evaluate_all(evaluators, leaves, args, inputs))
+        names.append(
+            (paths[k], partial(_coordinate_point, paths[k], idx, offsets, host.shape))
+        )
+    evaluated = fdiff.evaluate_all(evaluators, leaves, args, inputs)
+    for values, (path, where) in zip(evaluated, names, strict=True):
+        _check_values(values, where, path, fd_dtype, step)
+    values = iter(evaluated)
     samples = [
         fdiff.samples_from(next(values), offsets)
         if positions.size
         else fdiff.Samples(0.0, np.zeros((0, 4)), offsets)
         for _, positions, offsets, _ in plans
     ]
-    noise = fdiff.noise_level(samples, fdiff.machine_eps(fd_dtype))
-    return [
+    inputs = [
+        np.abs(np.asarray(leaf, np.float64).ravel()[positions])
+        if unit == "coordinates"
+        else None
+        for leaf, (unit, positions, _, _) in zip(leaves, plans, strict=True)
+    ]
+    noise = fdiff.noise_level(samples, fdiff.machine_eps(fd_dtype), inputs)
+    probes = [
         _Probes(unit, positions, fdiff.quotients(sample, noise), eff)
         for (unit, positions, _, eff), sample in zip(plans, samples, strict=True)
     ]
+    return probes, noise
+
+
+def _kink_pairs(fun, params, args, paths, probes, *, fd_dtype, noise, seed, chunk,
+                safety) -> _KinkPairs | None:  # fmt: skip
+    """Probes pairs of kinked coordinates together (inside the ``fd_dtype`` context).
+
+    A coordinate is a kink when its probe is not smooth and its jump in slope ``J``
+    is above the rounding of the bracket. Pairs of kinks whose jumps have the same sign
+    are probed along ``v = h (e_i / |J_i| +- e_k / |J_k|)``, ``h = min(h_i |J_i|,
+    h_k |J_k|)`` (so that no entry moves by more than its own step). Across a single
+    kink ``c relu(a . p)`` (``J_i = c |a_i|``) one of the two runs along the kink, where
+    the function is smooth, and the other across it with the jump
+    ``J_i |v_i| + J_k |v_k| = 2 h sign(c)``; a pair is tested when both hold (to
+    within :data:`KINK_TANGENT`), so that kinks of other shapes (nested ReLUs, several
+    kinks through the pair) are left alone.
+
+    Returns:
+      The :class:`_KinkPairs`, or ``None`` when fewer than two coordinates are kinks
+      or no pair of them has jumps of the same sign.
+    """
+    kinked = []  # (leaf, flat index, jump, step)
+    for k, p in enumerate(probes):
+        if p.unit != "coordinates" or not p.positions.size:
+            continue
+        jump = p.q.jump
+        with np.errstate(invalid="ignore"):
+            clear = ~p.q.smooth & (np.abs(jump) > 5 * safety * p.q.rounding)
+        for j in np.flatnonzero(clear):
+            kinked.append((k, int(p.positions[j]), float(jump[j]), abs(p.q.step[j])))
+    n = len(kinked)
+    if n < 2:
+        return None
+    if n * (n - 1) // 2 <= KINK_PAIRS:
+        pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    else:  # a chain through every kink, in random order
+        order = np.random.default_rng([seed, n]).permutation(n)
+        pairs = list(zip(order[:-1].tolist(), order[1:].tolist(), strict=True))
+    pairs = [(a, b) for a, b in pairs if kinked[a][2] * kinked[b][2] > 0][:KINK_PAIRS]
+    if not pairs:
+        return None
+    ids, idx, moves = [], [], []
+    for a, b in pairs:
+        (ka, ia, ja, ha), (kb, ib, jb, hb) = kinked[a], kinked[b]
+        h = min(ha * abs(ja), hb * abs(jb))
+        for sign in (1.0, -1.0):  # v = h (e_i / |J_i| +- e_k / |J_k|)
+            ids.append((ka, kb))
+            idx.append((ia, ib))
+            moves.append((h / abs(ja), sign * h / abs(jb)))
+    ids, idx, moves = np.array(ids), np.array(idx), np.array(moves)
+    leaves, treedef = jax.tree.flatten(params)
+    x, offsets, effective = fdiff.entries_probes(leaves, ids, idx, moves, fd_dtype)
+    # Each probe under vmap holds a copy of every leaf: at most 2^22 entries at once.
+    total = sum(np.size(leaf) for leaf in leaves)
+    evaluator = fdiff.entries_evaluator(
+        fun, treedef, max(1, min(chunk, 2**22 // total))
+    )
+    (values,) = fdiff.evaluate_all([evaluator], leaves, args, [x])
+
+    def where(j):
+        m = j // 4
+        return (
+            f"{paths[ids[m, 0]]} and {paths[ids[m, 1]]} moved together by "
+            f"{offsets[m, j % 4]:+g} steps along a direction mixing two kinks"
+        )
+
+    _check_values(values, where, " and ".join(sorted({paths[k] for k in ids.ravel()})),
+                  fd_dtype, None)  # fmt: skip
+    q = fdiff.quotients(fdiff.samples_from(values, offsets), noise)
+    jump = q.jump.reshape(-1, 2)
+    smooth = q.smooth.reshape(-1, 2)
+    rows = np.arange(len(pairs))
+    along = np.argmin(np.abs(jump), axis=1)  # the direction that runs along the kink
+    across = 1 - along
+    # the jump across one kink: J_i |v_i| + J_k |v_k|, as the coordinates measured it
+    jumps = np.array([[kinked[a][2], kinked[b][2]] for a, b in pairs])
+    expected = np.sum(jumps * np.abs(moves[::2]), axis=1)
+    with np.errstate(invalid="ignore"):
+        single = (
+            smooth[rows, along]
+            & ~smooth[rows, across]
+            & (np.abs(jump[rows, across] - expected) <= KINK_TANGENT * np.abs(expected))
+            & (np.abs(jump[rows, along]) <= KINK_TANGENT * np.abs(expected))
+        )
+    return _KinkPairs(ids, idx, effective, q, np.repeat(single, 2), n, len(pairs))
+
+
+def _judge(u, allow, q: fdiff.Quotients, safety):
+    """Per probe: ``|u - c_h|``, its tolerance, and whether it passes as a kink."""
+    c = q.central
+    err = np.abs(u - c)
+    smooth_tol = safety * q.rounding + 3 * q.truncation + allow
+    lo, hi = q.bracket
+    # The extrapolated one-sided quotients carry up to 5 delta_f / h of rounding.
+    margin = 5 * safety * q.rounding + allow
+    inside = (u >= lo - margin) & (u <= hi + margin)
+    kink = ~q.smooth & inside
+    # Not smooth: the distance allowed from c towards u is to the bracket's edge, so
+    # that err <= tol exactly when u is inside the widened bracket.
+    toward = np.where(u >= c, hi + margin - c, c - (lo - margin))
+    return err, np.where(q.smooth, smooth_tol, toward), kink
+
+
+def _relative(err, u, c, floor):
+    with np.errstate(invalid="ignore"):
+        return err / np.maximum(np.maximum(np.abs(u), np.abs(c)), floor)
 
 
 def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
@@ -172,24 +436,40 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
     else:
         u = g[probes.positions]
         allow = r * np.maximum(np.abs(u), floor)
-    c = q.central
-    err = np.abs(u - c)
-    smooth_tol = safety * q.rounding + 3 * q.truncation + allow
-    lo, hi = q.bracket
-    # The extrapolated one-sided quotients carry up to 5 delta_f / h of rounding.
-    margin = 5 * safety * q.rounding + allow
-    inside = (u >= lo - margin) & (u <= hi + margin)
-    kink = ~q.smooth & inside
-    # Not smooth: the distance allowed from c towards u is to the bracket's edge, so
-    # that err <= tol exactly when u is inside the widened bracket.
-    toward = np.where(u >= c, hi + margin - c, c - (lo - margin))
-    tol = np.where(q.smooth, smooth_tol, toward)
-    with np.errstate(invalid="ignore"):
-        rel = err / np.maximum(np.maximum(np.abs(u), np.abs(c)), floor)
+    err, tol, kink = _judge(u, allow, q, safety)
+    rel = _relative(err, u, q.central, floor)
     row = leaf_error(
-        path, shape, probes.unit, err, tol, rel, u, c, kink, probes.positions, r
+        path, shape, probes.unit, err, tol, rel, u, q.central, kink, probes.positions, r
     )
     return row, kink
+
+
+def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety):
+    """Rows of a gradient against the tested pair directions, one per leaf.
+
+    A direction counts in the rows of both leaves it moves.
+    """
+    floors = [
+        default_tiny(d, float(np.max(np.abs(g), initial=0.0)))
+        for d, g in zip(dtypes, grads, strict=True)
+    ]
+    rs = np.array([grad_rtol(d, rtol) for d in dtypes])
+    g = np.array([[grads[k].ravel()[i] for k, i in zip(*pair, strict=True)]
+                  for pair in zip(kp.ids, kp.idx, strict=True)])  # fmt: skip
+    u = np.sum(kp.effective * g, axis=1)
+    floor = np.asarray(floors)[kp.ids]
+    allow = np.sum(rs[kp.ids] * np.abs(kp.effective) * np.maximum(np.abs(g), floor), 1)
+    err, tol, kink = _judge(u, allow, kp.q, safety)
+    rel = _relative(err, u, kp.q.central, np.max(np.abs(kp.effective) * floor, axis=1))
+    tested = np.flatnonzero(kp.tested)
+    rows, probes = [], []
+    for k, path in enumerate(paths):
+        mine = tested[np.any(kp.ids[tested] == k, axis=1)]
+        rows.append(leaf_error(path, shapes[k], "directions", err[mine], tol[mine],
+                               rel[mine], u[mine], kp.q.central[mine], kink[mine],
+                               mine, rs[k]))  # fmt: skip
+        probes.append(_Probes("directions", mine, kp.q, None))
+    return rows, probes
 
 
 def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
@@ -240,16 +520,67 @@ def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
     return notes
 
 
+def _explain_pairs(comparison: Comparison, kp: _KinkPairs, paths, shapes) -> list[str]:
+    """What each failing leaf's worst pair direction is, and what its failure means."""
+    notes = []
+    for leaf in comparison.leaves:
+        if leaf.passed or math.isnan(leaf.max_abs):
+            continue
+        j = int(leaf.worst)
+        moved = " and ".join(
+            f"{paths[k]} {_index(i, shapes[k])} by {e:+.2e}"
+            for k, i, e in zip(kp.ids[j], kp.idx[j], kp.effective[j], strict=True)
+        )
+        lo, hi = (float(b[j]) for b in kp.q.bracket)
+        way = "along" if kp.q.smooth[j] else "across"
+        notes.append(
+            f"{leaf.path}: dir {j} moves {moved} per step, {way} the kink they share; "
+            f"there {column_name(comparison.left)} . dir = {leaf.left_value:+.6e} is "
+            f"not between the one-sided derivatives [{lo:+.6e}, {hi:+.6e}], so "
+            f"{comparison.left} is not a subgradient at params (each of its entries "
+            "may still be inside its own bracket)"
+        )
+    return notes
+
+
+def _kink_note(name, kinks, kp: _KinkPairs | None) -> str:
+    """The note on kinks: how many, and what was checked across them."""
+    note = (
+        f"{kinks} entries of {name} sit where the function is not smooth within 2h "
+        "(a kink: the one-sided derivatives differ) and lie inside the bracket of the "
+        "one-sided quotients: accepted as subgradients (result 'kink')"
+    )
+    if kp is None:
+        return note
+    tested = int(kp.tested.sum()) // 2
+    note += (
+        f"; {_plural(kp.pairs, 'pair')} of the {kp.kinked} kinked coordinates probed "
+        f"together, {tested} across a single kink"
+    )
+    if tested:
+        note += (
+            f", whose {2 * tested} directions (the 'along the kinks' tables) need "
+            f"{name} . dir between the one-sided derivatives: a necessary condition "
+            "for a subgradient, checked along these directions only"
+        )
+    return note
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step,
               fd_samples, fd_directions, fd_safety, rtol, seed, chunk, auto_limit,
-              coordinate_evaluator=None, title="", label=None):  # fmt: skip
+              has_aux=False, coordinate_evaluator=None, title="",
+              label=None):  # fmt: skip
     """The one checker behind :func:`check_grad` and :func:`check_gradients`.
 
     Args:
       fun, grad_fun, params: as for :func:`check_grad`.
       args: the further arguments of both, a tuple.
       name, dtype, fd, fd_dtype, fd_step, fd_samples, fd_directions, fd_safety, rtol,
-        seed, chunk: as for :func:`check_grad`.
+        seed, chunk, has_aux: as for :func:`check_grad`.
       auto_limit: ``fd="auto"`` checks every coordinate up to this many parameters.
       coordinate_evaluator: ``make(fun, treedef, k, chunk)``, a faster evaluator
         of perturbed points for coordinate probes; default
@@ -261,64 +592,81 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
       The :class:`GradCheckReport`, with the notes that explain failures and kinks
       but no localisation.
     """
-    paths = check_params(params)
+    check_options(fd_samples=fd_samples, fd_directions=fd_directions, chunk=chunk,
+                  fd_safety=fd_safety, fd_step=fd_step, rtol=rtol, seed=seed,
+                  name=name)  # fmt: skip
     dtype = resolve_dtype(dtype, "dtype")
     fd_dtype = resolve_dtype(fd_dtype, "fd_dtype")
     if fd not in (*FD_MODES, None, False):
         raise ValueError(f"fd must be one of {FD_MODES} or None, got {fd!r}")
-    leaf_dtypes = [dtype or jnp.asarray(t).dtype.name for t in jax.tree.leaves(params)]
-    needs64 = "float64" in leaf_dtypes or jax.config.jax_enable_x64
-    # --- 1. grad_fun against jax.grad, in the dtype asked for -------------------
-    with jax.enable_x64(needs64):
-        p, a = cast_floats(params, dtype), cast_floats(args, dtype)
-        check_scalar(_call(lambda f: partial(jax.eval_shape, f), fun, p, a))
-        user, auto = _call(
-            jax.jit, lambda q, *b: (grad_fun(q, *b), jax.grad(fun)(q, *b)), p, a
-        )
-        check_like(p, user, name, label)
-        user_np = [as_float64(t) for t in jax.tree.leaves(user)]
-        auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
+    paths = check_params(params, label)
     shapes = [np.shape(t) for t in jax.tree.leaves(params)]
     sizes = [math.prod(s) for s in shapes]
-    # --- 2, 3. both against finite differences ---------------------------------
-    probes = None
-    mode = None
+    if sum(sizes) == 0:
+        raise ValueError("every leaf of params is empty: there is nothing to check")
+    leaf_dtypes = [dtype or jnp.asarray(t).dtype.name for t in jax.tree.leaves(params)]
+    # Where leaves of mixed dtypes meet, the function computes in the least precise of
+    # them, and that rounding reaches every leaf's gradient: judge all leaves by it.
+    working = max(leaf_dtypes, key=fdiff.machine_eps)
+    tol_dtypes = [working] * len(leaf_dtypes)
+    dtype_name = dtype or dtype_of(jax.tree.leaves(params))
+    needs64 = "float64" in leaf_dtypes or jax.config.jax_enable_x64
+    value_fun = partial(_value, fun, has_aux)
+    # --- 1. grad_fun against jax.grad, in the dtype asked for -------------------
+
+    def both(q, *b):
+        value, auto = jax.value_and_grad(value_fun)(q, *b)
+        return value, grads_of(grad_fun(q, *b), q, has_aux, name, label), auto
+
+    with jax.enable_x64(needs64):
+        p, a = cast_floats(params, dtype), cast_floats(args, dtype)
+        value, user, auto = _call(jax.jit, both, p, a)
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"fun's value at params is {float(value)} in {dtype_name}: the "
+                "gradient is only defined where fun is finite"
+            )
+        user_np = [as_float64(t) for t in jax.tree.leaves(user)]
+        auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
+    # --- 2, 3. both against finite differences; 4, 5. along kinks ----------------
+    probes = pairs = mode = None
     if fd:
         mode = _plan(fd, sizes, fd_samples, auto_limit)
         with jax.enable_x64(fd_dtype == "float64" or jax.config.jax_enable_x64):
-            probes = _fd_probes(
-                fun, cast_floats(params, fd_dtype), cast_floats(args, fd_dtype),
-                mode=mode, fd_dtype=fd_dtype, step=fd_step, samples_per_leaf=fd_samples,
-                directions=fd_directions, seed=seed, chunk=chunk,
-                coordinate_evaluator=coordinate_evaluator,
+            p, a = cast_floats(params, fd_dtype), cast_floats(args, fd_dtype)
+            probes, noise = _fd_probes(
+                value_fun, p, a, paths, mode=mode, fd_dtype=fd_dtype, step=fd_step,
+                samples_per_leaf=fd_samples, directions=fd_directions, seed=seed,
+                chunk=chunk, coordinate_evaluator=coordinate_evaluator,
             )  # fmt: skip
+            pairs = _kink_pairs(value_fun, p, a, paths, probes, fd_dtype=fd_dtype,
+                                noise=noise, seed=seed, chunk=chunk,
+                                safety=fd_safety)  # fmt: skip
     comparisons = []
     user_rows, auto_fd_rows, user_fd_rows = [], [], []
-    kink_masks = []
     for k, path in enumerate(paths):
+        excused = np.zeros(sizes[k], bool)
         if probes is not None:
             row, kink = _against_fd(path, shapes[k], user_np[k], probes[k],
-                                    leaf_dtypes[k], rtol, fd_safety)  # fmt: skip
+                                    tol_dtypes[k], rtol, fd_safety)  # fmt: skip
             user_fd_rows.append(row)
-            kink_masks.append(kink)
             auto_fd_rows.append(
                 _against_fd(
                     path,
                     shapes[k],
                     auto_np[k],
                     probes[k],
-                    leaf_dtypes[k],
+                    tol_dtypes[k],
                     rtol,
                     fd_safety,
                 )[0]  # fmt: skip
             )
+            # Where the function has a kink, grad_fun and jax.grad may pick different
+            # subgradients: an entry inside the finite-difference bracket is a kink.
+            if probes[k].unit == "coordinates":
+                excused[probes[k].positions] = kink
         a64, b64 = user_np[k].ravel(), auto_np[k].ravel()
-        err, tol, rel = elementwise_errors(a64, b64, leaf_dtypes[k], rtol, None)
-        # Where the function has a kink, grad_fun and jax.grad may pick different
-        # subgradients: an entry inside the finite-difference bracket is a kink.
-        excused = np.zeros(err.shape, bool)
-        if probes is not None and probes[k].unit == "coordinates":
-            excused[probes[k].positions] = kink_masks[k]
+        err, tol, rel = elementwise_errors(a64, b64, tol_dtypes[k], rtol, None)
         user_rows.append(
             leaf_error(
                 path,
@@ -331,10 +679,9 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 b64,
                 excused,
                 np.arange(err.size),
-                grad_rtol(leaf_dtypes[k], rtol),
+                grad_rtol(tol_dtypes[k], rtol),
             )  # fmt: skip
         )
-    dtype_name = dtype or dtype_of(jax.tree.leaves(params))
     comparisons.append(Comparison(name, AUTO_NAME, dtype_name, tuple(user_rows),
                                   "every coordinate"))  # fmt: skip
     notes = _explain(comparisons[0], None)
@@ -346,14 +693,22 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                 Comparison(left, FD_NAME, fd_dtype, tuple(rows), coverage)
             )
             notes += _explain(comparisons[-1], probes)
+        if pairs is not None and pairs.tested.any():
+            along = (
+                f"central differences in {fd_dtype}, {int(pairs.tested.sum())} "
+                "directions along the kinks (each moves two kinked coordinates)"
+            )
+            for left, grads in ((name, user_np), (AUTO_NAME, auto_np)):
+                rows, pair_probes = _along_kinks(paths, shapes, grads, tol_dtypes,
+                                                 pairs, rtol, fd_safety)  # fmt: skip
+                comparisons.append(
+                    Comparison(left, FD_NAME, fd_dtype, tuple(rows), along)
+                )
+                notes += _explain(comparisons[-1], pair_probes)
+                notes += _explain_pairs(comparisons[-1], pairs, paths, shapes)
         kinks = comparisons[1].kinks
         if kinks:
-            notes.append(
-                f"{kinks} entries of {name} sit where the function is not smooth "
-                "within 2h (one-sided quotients disagree beyond their budget) and lie "
-                "inside the bracket of the one-sided quotients: accepted as "
-                "subgradients (result 'kink')"
-            )
+            notes.append(_kink_note(name, kinks, pairs))
     head = title or f"check_grad of {getattr(fun, '__name__', 'fun')}"
     n = sum(sizes)
     head += (
@@ -369,6 +724,7 @@ def check_grad(
     grad_fun: Callable,
     params,
     *args,
+    has_aux: bool = False,
     dtype=None,
     fd: str | None = "auto",
     fd_dtype="float64",
@@ -383,31 +739,49 @@ def check_grad(
 ) -> GradCheckReport:
     """Checks a hand-derived gradient of any function of any pytree.
 
+    Where the function has a *kink* (a point where it is continuous but its
+    derivative jumps: the corner of ``relu``, ``abs`` or ``maximum``), every
+    subgradient is right and the check accepts a value between the one-sided
+    derivatives along each coordinate probed and, for kinks that run across several
+    coordinates, along directions that mix pairs of them (see
+    :mod:`jaxbp.gradcheck.check` for exactly what that certifies).
+
     Args:
-      fun: ``fun(params, *args) -> scalar``, written in ``jax.numpy``.
+      fun: ``fun(params, *args) -> scalar``, written in ``jax.numpy``; a real
+        floating-point scalar (not complex, not an integer).
       grad_fun: ``grad_fun(params, *args)``: the gradient of ``fun`` with respect to
         ``params``, a pytree of the same structure and shapes.
-      params: any pytree of floating-point arrays (dicts, lists, tuples,
-        ``NamedTuple``, registered dataclasses; ``None`` leaves are empty subtrees).
+      params: any pytree of finite floating-point arrays (dicts, lists, tuples,
+        ``NamedTuple``, registered dataclasses; ``None`` leaves are empty subtrees);
+        a single array is a tree of one leaf, named ``params`` in the report.
       *args: further arguments of both, held fixed (their floating leaves are cast
         with ``params``).
+      has_aux: as for ``jax.grad``: ``fun`` returns ``(value, aux)`` and
+        ``grad_fun`` returns ``(grads, aux)``; the aux parts are ignored.
       dtype: dtype of comparison 1 (``grad_fun`` and ``jax.grad``); default each
-        leaf's own. ``float64`` is enabled locally as needed; ``bfloat16`` and
-        ``float16`` use their own tolerances (:data:`GRAD_RTOL`).
+        leaf's own. ``float64`` is enabled locally as needed. Leaves of mixed dtypes
+        are all judged at the tolerance of the least precise of them (where they
+        meet, the function computes in it).
       fd: finite-difference mode: ``"all"`` coordinates, a ``"sample"`` of
         ``fd_samples`` coordinates per leaf, ``fd_directions`` random
         ``"directions"`` per leaf (``v . g`` against the quotient along ``v``), or
         ``"auto"`` (all up to :data:`AUTO_ALL_LIMIT` parameters, else a sample);
         ``None`` skips them.
       fd_dtype: dtype of the finite differences, float64 by default.
-      fd_step: a fixed step ``h``; default ``eps^(1/3) max(|p_i|, rms(leaf))`` per
-        entry (see :mod:`jaxbp.finite_differences`).
-      fd_samples: coordinates per leaf for ``fd="sample"``.
-      fd_directions: directions per leaf for ``fd="directions"``.
-      fd_safety: the factor ``S`` on the rounding budget of a difference quotient.
-      rtol: relative tolerance of the gradients; default by dtype.
-      seed: seed of the sampled coordinates or directions.
-      chunk: perturbed points evaluated at once (one ``vmap``).
+      fd_step: a fixed step ``h > 0``; default
+        ``eps^(1/3) max(|p_i|, rms(leaf), eps^(1/3))`` per entry (see
+        :mod:`jaxbp.finite_differences`).
+      fd_samples: coordinates per leaf for ``fd="sample"``, at least 1.
+      fd_directions: directions per leaf for ``fd="directions"``, at least 1.
+      fd_safety: the factor ``S > 0`` on the rounding budget of a difference
+        quotient.
+      rtol: relative tolerance of the gradients, ``>= 0`` (0: gradient against
+        gradient must agree exactly; finite differences keep their own error
+        budget). Default by the dtype the gradients are computed in:
+        ``jaxbp.GRAD_RTOL`` (defined in :mod:`jaxbp.gradcheck.report`), 1e-10 for
+        float64, 1e-4 for float32, 5e-2 for bfloat16 and float16.
+      seed: seed of the sampled coordinates, directions and pairs of kinks, ``>= 0``.
+      chunk: perturbed points evaluated at once (one ``vmap``), at least 1.
       name: what to call ``grad_fun`` in the report.
 
     Returns:
@@ -415,8 +789,13 @@ def check_grad(
       verdict.
 
     Raises:
-      ValueError: naming the leaf, when ``grad_fun`` returns a pytree of another
-        structure or shape; when ``fun`` does not return a scalar; on bad options.
+      ValueError: before any comparison: on a bad option (naming it, its value and
+        the values allowed); naming the leaf, when ``params`` holds a NaN or an
+        infinity; when ``fun`` is not finite at ``params`` (or at the points next to
+        it that finite differences take, or a fixed ``fd_step`` does not move
+        ``params``); when ``fun`` does not return a real scalar (naming what it
+        returned: a tuple or dict calls for ``has_aux=True``); naming the leaf, when
+        ``grad_fun`` returns a pytree of another structure or shape.
       TypeError: naming the leaf, when a leaf of ``params`` is not floating point.
 
     Examples:
@@ -433,12 +812,21 @@ def check_grad(
       >>> report = check_grad(fun, wrong, p, jnp.arange(3.0))
       >>> [leaf.verdict for leaf in report.comparisons[0].leaves]
       ['PASS', 'FAIL']
+
+      At a kink, a subgradient passes and a mix of two choices does not:
+
+      >>> hinge = lambda p: jnp.maximum(p[0] - p[1], 0.0)
+      >>> w = jnp.array([1.0, 1.0])
+      >>> check_grad(hinge, lambda p: jnp.array([0.5, -0.5]), w).passed
+      True
+      >>> check_grad(hinge, lambda p: jnp.array([1.0, 0.0]), w).passed
+      False
     """
     report = run_check(
         fun, grad_fun, params, args, name=name, dtype=dtype, fd=fd,
         fd_dtype=fd_dtype, fd_step=fd_step, fd_samples=fd_samples,
         fd_directions=fd_directions, fd_safety=fd_safety, rtol=rtol, seed=seed,
-        chunk=chunk, auto_limit=AUTO_ALL_LIMIT,
+        chunk=chunk, auto_limit=AUTO_ALL_LIMIT, has_aux=has_aux,
     )  # fmt: skip
     failing = failing_paths(report, name)
     if failing:

@@ -238,7 +238,8 @@ def check_gradients(
     report = run_check(
         net.loss, grad_fun or net.manual_grad, params, (x, y), name=name,
         dtype=dtype, fd=fd if finite_differences else None, fd_dtype=fd_dtype,
-        fd_step=fd_step, fd_samples=fd_samples or 64, fd_directions=fd_directions,
+        fd_step=fd_step, fd_samples=64 if fd_samples is None else fd_samples,
+        fd_directions=fd_directions,
         fd_safety=fd_safety, rtol=rtol, seed=seed, chunk=chunk,
         auto_limit=MLP_AUTO_ALL_LIMIT,
         coordinate_evaluator=_mlp_coordinate_evaluator(net),

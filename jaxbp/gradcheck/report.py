@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jaxbp import finite_differences as fdiff
-from jaxbp.gradcheck.inputs import as_float64, check_like, dtype_of
+from jaxbp.gradcheck.inputs import as_float64, check_like, check_rtol, dtype_of
 
 #: Relative tolerance of gradient against gradient, by the dtype they are computed in:
 #: both sides do the same arithmetic in a different order, so they agree to a few ulps
@@ -254,8 +254,10 @@ def leaf_error(path, shape, unit, err, tol, rel, left, right, kink, positions, r
         return LeafError(path, shape, 0, size, unit, 0.0, 0.0, None, 0.0, 0.0, 0.0,
                          0.0, rtol, 0, 0)  # fmt: skip
     bad = np.isnan(err) | np.isnan(tol)
+    # A tolerance of 0 (rtol=0) is an exact comparison: any error fails.
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(bad, np.inf, err / np.where(tol > 0, tol, np.inf))
+        ratio = np.where(tol > 0, err / tol, np.where(err > 0, np.inf, 0.0))
+    ratio = np.where(bad, np.inf, ratio)
     ratio = np.where((err == 0) & ~bad, 0.0, ratio)
     ratio = np.where(kink & ~bad, np.minimum(ratio, 1.0), ratio)
     fails = bad | (ratio > 1)
@@ -314,15 +316,17 @@ def compare_grads(
       left: gradients, any pytree of arrays.
       right: gradients of the same structure and shapes (the reference).
       names: what ``left`` and ``right`` are, for the report.
-      rtol: relative tolerance; default by dtype (:data:`GRAD_RTOL`).
-      tiny: floor of the relative error's denominator, raised to at least
+      rtol: relative tolerance, ``>= 0`` (0: exact); default by dtype
+        (:data:`GRAD_RTOL`).
+      tiny: floor of the relative error's denominator, ``>= 0``, raised to at least
         :func:`default_tiny` of each leaf.
 
     Returns:
       A :class:`Comparison` with one row per leaf.
 
     Raises:
-      ValueError: naming the leaf, if the pytrees differ in structure or shapes.
+      ValueError: naming the leaf, if the pytrees differ in structure or shapes; on
+        a negative or non-finite ``rtol`` or ``tiny``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -332,6 +336,8 @@ def compare_grads(
       >>> compare_grads({"w": g["w"] * 1.01, "b": g["b"]}, g).leaves[1].verdict
       'FAIL'
     """
+    check_rtol(rtol)
+    check_rtol(tiny, "tiny")
     paths = check_like(right, left, names[0])
     dtype = dtype_of(jax.tree.leaves(left))
     rows = []
