@@ -424,11 +424,11 @@ def _relative(err, u, c, floor):
         return err / np.maximum(np.maximum(np.abs(u), np.abs(c)), floor)
 
 
-def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
+def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety, tree_scale):
     """One row of a gradient against finite differences, and the kink mask."""
     g = as_float64(grad).ravel()
     q = probes.q
-    floor = default_tiny(dtype, float(np.max(np.abs(g))) if g.size else 0.0)
+    floor = default_tiny(dtype, float(np.max(np.abs(g))) if g.size else 0.0, tree_scale)
     r = grad_rtol(dtype, rtol)
     if probes.unit == "directions":
         u = probes.effective @ g
@@ -444,13 +444,14 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety):
     return row, kink
 
 
-def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety):
+def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety,
+                 tree_scale):  # fmt: skip
     """Rows of a gradient against the tested pair directions, one per leaf.
 
     A direction counts in the rows of both leaves it moves.
     """
     floors = [
-        default_tiny(d, float(np.max(np.abs(g), initial=0.0)))
+        default_tiny(d, float(np.max(np.abs(g), initial=0.0)), tree_scale)
         for d, g in zip(dtypes, grads, strict=True)
     ]
     rs = np.array([grad_rtol(d, rtol) for d in dtypes])
@@ -628,6 +629,9 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             )
         user_np = [as_float64(t) for t in jax.tree.leaves(user)]
         auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
+    # The largest gradient entry anywhere: the scale of rounding in a leaf whose
+    # exact gradient cancels to zero (default_tiny).
+    tree_scale = max(float(np.max(np.abs(g), initial=0.0)) for g in auto_np)
     # --- 2, 3. both against finite differences; 4, 5. along kinks ----------------
     probes = pairs = mode = None
     if fd:
@@ -648,7 +652,8 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
         excused = np.zeros(sizes[k], bool)
         if probes is not None:
             row, kink = _against_fd(path, shapes[k], user_np[k], probes[k],
-                                    tol_dtypes[k], rtol, fd_safety)  # fmt: skip
+                                    tol_dtypes[k], rtol, fd_safety,
+                                    tree_scale)  # fmt: skip
             user_fd_rows.append(row)
             auto_fd_rows.append(
                 _against_fd(
@@ -659,6 +664,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                     tol_dtypes[k],
                     rtol,
                     fd_safety,
+                    tree_scale,
                 )[0]  # fmt: skip
             )
             # Where the function has a kink, grad_fun and jax.grad may pick different
@@ -666,7 +672,10 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             if probes[k].unit == "coordinates":
                 excused[probes[k].positions] = kink
         a64, b64 = user_np[k].ravel(), auto_np[k].ravel()
-        err, tol, rel = elementwise_errors(a64, b64, tol_dtypes[k], rtol, None)
+        err, tol, rel = elementwise_errors(
+            a64, b64, tol_dtypes[k], rtol,
+            default_tiny(tol_dtypes[k], 0.0, tree_scale),
+        )  # fmt: skip
         user_rows.append(
             leaf_error(
                 path,
@@ -700,7 +709,8 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             )
             for left, grads in ((name, user_np), (AUTO_NAME, auto_np)):
                 rows, pair_probes = _along_kinks(paths, shapes, grads, tol_dtypes,
-                                                 pairs, rtol, fd_safety)  # fmt: skip
+                                                 pairs, rtol, fd_safety,
+                                                 tree_scale)  # fmt: skip
                 comparisons.append(
                     Comparison(left, FD_NAME, fd_dtype, tuple(rows), along)
                 )

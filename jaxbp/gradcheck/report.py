@@ -217,17 +217,25 @@ class GradCheckReport:
             raise AssertionError(f"gradients disagree\n{self}")
 
 
-def default_tiny(dtype, scale: float) -> float:
+def default_tiny(dtype, scale: float, tree_scale: float = 0.0) -> float:
     """The floor of the relative error's denominator for one leaf.
 
     A gradient entry is a sum of products of larger terms; where they cancel, its
     rounding error is set by the terms, not by the entry. So entries smaller than
     ``eps^(1/3)`` times the leaf's largest magnitude ``scale`` (about 5e-3 in float32,
     6e-6 in float64) are measured against that floor instead of against themselves.
+    A whole leaf can cancel: the bias of a layer before a BatchNorm has gradient
+    exactly zero (the normalisation removes any shift), and what a computation
+    returns for it is the rounding of terms as large as the gradients around it. So
+    the floor is also at least ``eps^(1/4)`` times ``tree_scale``, the largest
+    magnitude in the whole gradient (1.9e-2 in float32, 1.2e-4 in float64): with
+    the default ``rtol``, differences below ``1.9e-6`` (float32) or ``1.2e-14``
+    (float64) times the largest gradient entry count as rounding.
 
     Args:
       dtype: the dtype the gradients were computed in (bfloat16 and float16 too).
       scale: the largest magnitude in the leaf.
+      tree_scale: the largest magnitude of the reference gradient over every leaf.
 
     Returns:
       The floor, never below the smallest normal float64.
@@ -235,9 +243,14 @@ def default_tiny(dtype, scale: float) -> float:
     Examples:
       >>> round(default_tiny("float32", 1.0), 4)
       0.0049
+      >>> round(default_tiny("float32", 1e-9, tree_scale=1.0), 4)
+      0.0186
     """
+    eps = fdiff.machine_eps(dtype)
     return max(
-        float(np.finfo(np.float64).tiny), fdiff.machine_eps(dtype) ** (1 / 3) * scale
+        float(np.finfo(np.float64).tiny),
+        eps ** (1 / 3) * scale,
+        eps ** (1 / 4) * tree_scale,
     )
 
 
