@@ -951,6 +951,26 @@ def test_a_kink_behind_cancelling_terms_keeps_its_whole_bracket():
             report = jaxbp.check_grad(fun, lambda w, g=grads: g, x)
             assert report.passed, str(report)
 
+
+# --- jax.grad's own rounding -----------------------------------------------------------
+def test_a_correct_half_precision_gradient_passes_where_jax_grad_rounds_badly():
+    # sum(tanh(M x)) at M x = (-4, 3): tanh' = 1 - tanh^2 cancels, and jax.grad in
+    # float16 is 30% off the true gradient there. The true gradient, rounded to
+    # float16, must pass; one 20% wrong must still fail (against finite differences).
+    m = jnp.asarray([[2.0, -2.0, -2.0], [-1.5, -2.0, 0.0]], jnp.float16)
+    x = jnp.asarray([-2.0, 0.0, 0.0], jnp.float16)
+
+    def fun(x):
+        return jnp.sum(jnp.tanh(m @ x))
+
+    m64, x64 = np.asarray(m, np.float64), np.asarray(x, np.float64)
+    true = m64.T @ (1 - np.tanh(m64 @ x64) ** 2)
+    report = jaxbp.check_grad(fun, lambda x: jnp.asarray(true, jnp.float16), x)
+    assert report.passed, str(report)
+    wrong = jaxbp.check_grad(fun, lambda x: jnp.asarray(1.2 * true, jnp.float16), x)
+    assert not wrong.passed
+    assert not wrong.comparisons[1].passed
+
 # --- a tree of mixed dtypes ---------------------------------------------------------
 def test_mixed_dtypes_are_judged_at_the_least_precise():
     # d/da of sum(tanh(a)) * sum(exp(b)) carries sum(exp(b)), computed in bfloat16: the

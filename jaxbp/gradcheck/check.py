@@ -19,6 +19,14 @@ also states the rule of comparison 1). Before any of them, the options, ``params
 are checked (:mod:`jaxbp.gradcheck.inputs`), so that a bad point is never blamed on
 ``grad_fun``.
 
+**The rounding of a gradient in its dtype.** Leaves of mixed dtypes are judged at the
+tolerance of the least precise (where they meet, the function computes in it). And a
+gradient computed in a dtype less precise than ``fd_dtype`` carries rounding that no
+fixed rtol bounds: where terms cancel (``1 - tanh^2`` near saturation) ``jax.grad`` in
+float16 is 30% off the true gradient. So ``jax.grad`` is also computed in ``fd_dtype``,
+and the difference, entry by entry, is allowed on top of every tolerance below (it is
+zero when the dtypes agree).
+
 **Gradient against finite differences** (comparisons 2 to 5): every probe (a
 coordinate, or a direction ``v`` compared as ``v . g``) has an error budget from
 :mod:`jaxbp.finite_differences`: rounding ``delta_f / h`` plus truncation. A smooth
@@ -30,7 +38,7 @@ probe passes when
    + \\text{rtol} \\cdot \\max(|u|, \\text{tiny}),
 
 with ``u`` the gradient's value, ``S = fd_safety`` (10) and the last term the rounding
-of ``u`` itself in its dtype.
+of ``u`` itself in its dtype (plus that of ``jax.grad`` in it, above).
 
 **Kinks.** A *kink* is a point where the function is continuous but not
 differentiable: the corner of ``relu``, ``abs`` or ``maximum``, where the derivative
@@ -403,6 +411,28 @@ def _kink_pairs(fun, params, args, paths, probes, *, fd_dtype, noise, seed, chun
     return _KinkPairs(ids, idx, effective, q, np.repeat(single, 2), n, len(pairs))
 
 
+def _rounding_of_jax_grad(value_fun, params, args, auto_np, working, fd_dtype):
+    """``|jax.grad - jax.grad in fd_dtype|`` per entry, flat per leaf: the rounding of
+    the reference itself, where ``fd_dtype`` is the more precise (zeros otherwise).
+
+    Where terms cancel (``1 - tanh^2`` near saturation), ``jax.grad`` in float16 can be
+    30% off the true gradient, far beyond GRAD_RTOL; comparison 1 allows that much
+    more, and finite differences still judge ``grad_fun`` against the truth.
+    """
+    zeros = [np.zeros(np.size(t)) for t in auto_np]
+    if fdiff.machine_eps(fd_dtype) >= fdiff.machine_eps(working):
+        return zeros
+    with jax.enable_x64(fd_dtype == "float64" or jax.config.jax_enable_x64):
+        p, a = cast_floats(params, fd_dtype), cast_floats(args, fd_dtype)
+        precise = _call(jax.jit, jax.grad(value_fun), p, a)
+        precise = [as_float64(t).ravel() for t in jax.tree.leaves(precise)]
+    with np.errstate(invalid="ignore"):  # inf - inf where both are infinite
+        return [
+            np.nan_to_num(np.abs(g - t.ravel()), nan=0.0, posinf=0.0)
+            for g, t in zip(precise, auto_np, strict=True)
+        ]
+
+
 def _judge(u, allow, q: fdiff.Quotients, safety):
     """Per probe: ``|u - c_h|``, its tolerance, and whether it passes as a kink."""
     c = q.central
@@ -424,8 +454,14 @@ def _relative(err, u, c, floor):
         return err / np.maximum(np.maximum(np.abs(u), np.abs(c)), floor)
 
 
-def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety, tree_scale):
-    """One row of a gradient against finite differences, and the kink mask."""
+def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety, rounding,
+                tree_scale):  # fmt: skip
+    """One row of a gradient against finite differences, and the kink mask.
+
+    ``rounding``: the rounding a gradient of this leaf can carry in its dtype, per
+    entry (:func:`_rounding_of_jax_grad`), allowed on top of the rtol term;
+    ``tree_scale``: the largest gradient entry of the tree (:func:`default_tiny`).
+    """
     g = as_float64(grad).ravel()
     q = probes.q
     floor = default_tiny(dtype, float(np.max(np.abs(g))) if g.size else 0.0, tree_scale)
@@ -433,9 +469,10 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety, tree_sc
     if probes.unit == "directions":
         u = probes.effective @ g
         allow = r * (np.abs(probes.effective) @ np.maximum(np.abs(g), floor))
+        allow = allow + np.abs(probes.effective) @ rounding
     else:
         u = g[probes.positions]
-        allow = r * np.maximum(np.abs(u), floor)
+        allow = r * np.maximum(np.abs(u), floor) + rounding[probes.positions]
     err, tol, kink = _judge(u, allow, q, safety)
     rel = _relative(err, u, q.central, floor)
     row = leaf_error(
@@ -445,7 +482,7 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety, tree_sc
 
 
 def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety,
-                 tree_scale):  # fmt: skip
+                 rounding, tree_scale):  # fmt: skip
     """Rows of a gradient against the tested pair directions, one per leaf.
 
     A direction counts in the rows of both leaves it moves.
@@ -460,6 +497,9 @@ def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety,
     u = np.sum(kp.effective * g, axis=1)
     floor = np.asarray(floors)[kp.ids]
     allow = np.sum(rs[kp.ids] * np.abs(kp.effective) * np.maximum(np.abs(g), floor), 1)
+    eps = np.array([[rounding[k][i] for k, i in zip(*pair, strict=True)]
+                    for pair in zip(kp.ids, kp.idx, strict=True)])  # fmt: skip
+    allow = allow + np.sum(np.abs(kp.effective) * eps, axis=1)
     err, tol, kink = _judge(u, allow, kp.q, safety)
     rel = _relative(err, u, kp.q.central, np.max(np.abs(kp.effective) * floor, axis=1))
     tested = np.flatnonzero(kp.tested)
@@ -629,6 +669,9 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             )
         user_np = [as_float64(t) for t in jax.tree.leaves(user)]
         auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
+    auto_error = _rounding_of_jax_grad(
+        value_fun, params, args, auto_np, working, fd_dtype
+    )
     # The largest gradient entry anywhere: the scale of rounding in a leaf whose
     # exact gradient cancels to zero (default_tiny).
     tree_scale = max(float(np.max(np.abs(g), initial=0.0)) for g in auto_np)
@@ -653,7 +696,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
         if probes is not None:
             row, kink = _against_fd(path, shapes[k], user_np[k], probes[k],
                                     tol_dtypes[k], rtol, fd_safety,
-                                    tree_scale)  # fmt: skip
+                                    auto_error[k], tree_scale)  # fmt: skip
             user_fd_rows.append(row)
             auto_fd_rows.append(
                 _against_fd(
@@ -664,6 +707,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
                     tol_dtypes[k],
                     rtol,
                     fd_safety,
+                    auto_error[k],
                     tree_scale,
                 )[0]  # fmt: skip
             )
@@ -676,6 +720,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             a64, b64, tol_dtypes[k], rtol,
             default_tiny(tol_dtypes[k], 0.0, tree_scale),
         )  # fmt: skip
+        tol = tol + auto_error[k]  # jax.grad's own rounding in its dtype
         user_rows.append(
             leaf_error(
                 path,
@@ -710,7 +755,7 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
             for left, grads in ((name, user_np), (AUTO_NAME, auto_np)):
                 rows, pair_probes = _along_kinks(paths, shapes, grads, tol_dtypes,
                                                  pairs, rtol, fd_safety,
-                                                 tree_scale)  # fmt: skip
+                                                 auto_error, tree_scale)  # fmt: skip
                 comparisons.append(
                     Comparison(left, FD_NAME, fd_dtype, tuple(rows), along)
                 )
