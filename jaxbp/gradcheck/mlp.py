@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxbp import finite_differences as fdiff
 from jaxbp.gradcheck import sequential as seq_check
-from jaxbp.gradcheck.check import FD_SAFETY, failing_paths, run_check
+from jaxbp.gradcheck.check import FD_SAFETY, run_check
 from jaxbp.gradcheck.inputs import cast_floats, resolve_dtype
 from jaxbp.gradcheck.report import GradCheckReport, compare_grads
 from jaxbp.losses import prepare_targets
@@ -148,16 +148,7 @@ def _agree_list(by_layer, depth, stop) -> str:
 
 def _localise_paths(report: GradCheckReport, name: str, depth: int):
     """The first layer from the output down with a failing leaf of ``grad_fun``."""
-    failing = failing_paths(report, name)
-    layers = sorted({int(p[1 : p.index("]")]) + 1 for p in failing}, reverse=True)
-    if not layers:
-        return None, None
-    l = layers[0]
-    leaves = ", ".join(p for p in failing if p.startswith(f"[{l - 1}]"))
-    return l, (
-        f"localisation: the first layer from the output down where {name} is wrong "
-        f"is layer {l} of {depth} (params[{l - 1}]: {leaves})"
-    )
+    return seq_check.localise_paths(report, name, lambda l: f"layer {l} of {depth}")
 
 
 def check_gradients(
@@ -285,11 +276,13 @@ def _check_sequential(net: Sequential, params, x, y, *, grad_fun, key, dtype, rt
             net, params, x, y, resolve_dtype(dtype, "dtype"), rtol, key
         )
         if layer is None and not report.passed:
-            layer, path_note = seq_check.localise_paths(net, report, name)
+            layer, path_note = seq_check.localise_paths(
+                report, name, net.describe_layer
+            )
             if path_note:
                 note += "; " + path_note.split(": ", 1)[1]
     else:
-        layer, note = seq_check.localise_paths(net, report, name)
+        layer, note = seq_check.localise_paths(report, name, net.describe_layer)
         if note is None:
             note = f"localisation: every layer of {name} passes"
     return dataclasses.replace(

@@ -83,8 +83,12 @@ def localise_deltas(net: Sequential, params, x, y, dtype, rtol, key):
     )
 
 
-def localise_paths(net: Sequential, report: GradCheckReport, name: str):
-    """The first layer from the output down with a failing leaf of ``name``."""
+def localise_paths(report: GradCheckReport, name: str, describe):
+    """The first layer from the output down with a failing leaf of ``name``.
+
+    Leaves are named ``[i]...`` by layer (an MLP's or a Sequential's parameter list);
+    ``describe(layer)`` words the 1-based layer in the note.
+    """
     failing = failing_paths(report, name)
     found = sorted({int(p[1 : p.index("]")]) + 1 for p in failing}, reverse=True)
     if not found:
@@ -93,5 +97,5 @@ def localise_paths(net: Sequential, report: GradCheckReport, name: str):
     leaves = ", ".join(p for p in failing if p.startswith(f"[{i - 1}]"))
     return i, (
         f"localisation: the first layer from the output down where {name} is wrong "
-        f"is {net.describe_layer(i)} (params[{i - 1}]: {leaves})"
+        f"is {describe(i)} (params[{i - 1}]: {leaves})"
     )
