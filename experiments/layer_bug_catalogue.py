@@ -122,7 +122,8 @@ def _bn_dx(params, cache, dy, *, mean_path=True, var_path=True, var_mean_term=Tr
     axes = tuple(range(dy.ndim - 1))
     n = dy.size // dy.shape[-1]
     xc = xhat / inv_std
-    dxhat = params["g"] * dy
+    g = params["g"].reshape((1,) * (dy.ndim - 1) + (-1,))
+    dxhat = g * dy
     dvar = -0.5 * inv_std**3 * jnp.sum(dxhat * xc, axis=axes, keepdims=True)
     dxc = dxhat * inv_std
     # dL/dmu = -sum(dxhat inv_std) + dvar * (-2/N) sum(x - mu)
