@@ -952,7 +952,7 @@ def test_a_kink_behind_cancelling_terms_keeps_its_whole_bracket():
             assert report.passed, str(report)
 
 
-# --- jax.grad's own rounding -----------------------------------------------------------
+# --- jax.grad's own rounding -------------------------------------------------------
 def test_a_correct_half_precision_gradient_passes_where_jax_grad_rounds_badly():
     # sum(tanh(M x)) at M x = (-4, 3): tanh' = 1 - tanh^2 cancels, and jax.grad in
     # float16 is 30% off the true gradient there. The true gradient, rounded to
