@@ -907,7 +907,6 @@ def test_kinks_of_opposite_curvature_do_not_fail_a_clarke_subgradient():
         assert report.passed and report.kinks == 3, str(report)
 
 
-
 def test_nested_relu_kinks_do_not_fail_jax_grads_choice():
     # Three ReLU layers, zero biases and an all-zero example: every pre-activation of
     # that example is exactly 0, and the kinks are nested (a layer-2 unit's kink moves
@@ -970,6 +969,7 @@ def test_a_correct_half_precision_gradient_passes_where_jax_grad_rounds_badly():
     wrong = jaxbp.check_grad(fun, lambda x: jnp.asarray(1.2 * true, jnp.float16), x)
     assert not wrong.passed
     assert not wrong.comparisons[1].passed
+
 
 # --- a tree of mixed dtypes ---------------------------------------------------------
 def test_mixed_dtypes_are_judged_at_the_least_precise():
