@@ -433,6 +433,9 @@ def bug_case_holds(case) -> dict:
     )
     paths = _paths(params)
     named = _named(report)
+    # The largest jax.grad entry of the tree: the checker's floor for a leaf that
+    # cancels (default_tiny's tree_scale).
+    tree_scale = max(float(np.max(np.abs(_f64(t)), initial=0.0)) for t in auto)
     touched, above, fd_above, rel = [], [], [], {}
     for k, path in enumerate(paths):
         a, b, c = _f64(wrong[k]).ravel(), _f64(good[k]).ravel(), _f64(auto[k]).ravel()
@@ -443,7 +446,7 @@ def bug_case_holds(case) -> dict:
         touched.append(path)
         dtype = working_dtype(tree.dtypes)
         scale = float(np.max(np.maximum(np.abs(a), np.abs(c)), initial=0.0))
-        tiny = default_tiny(dtype, scale)
+        tiny = default_tiny(dtype, scale, tree_scale)
         tol = GRAD_RTOL[dtype] * np.maximum(np.maximum(np.abs(a), np.abs(c)), tiny)
         tol = tol + rounding
         rel[path] = float(

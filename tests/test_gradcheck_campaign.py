@@ -61,4 +61,6 @@ def test_quick_run_writes_results(tmp_path):
     assert record["quick"] is True
     assert record["held"] == record["cases"] == sum(gc.QUICK.values()) + 4
     float64 = record["sweep"]["per_dtype"]["float64"]
-    assert float64["max_passed"] is None and float64["min_caught"] < 2e-3
+    # float64's rtol is 1e-10: a bug below it is within the stated budget.
+    assert float64["max_passed"] is None or float64["max_passed"] < 1e-10
+    assert float64["min_caught"] < 2e-3
