@@ -833,8 +833,8 @@ def check_grad(
       rtol: relative tolerance of the gradients, ``>= 0`` (0: gradient against
         gradient must agree exactly; finite differences keep their own error
         budget). Default by the dtype the gradients are computed in:
-        ``jaxbp.GRAD_RTOL`` (defined in :mod:`jaxbp.gradcheck.report`), 1e-10 for
-        float64, 1e-4 for float32, 5e-2 for bfloat16 and float16.
+        ``jaxbp.gradcheck.GRAD_RTOL`` (defined in :mod:`jaxbp.gradcheck.report`),
+        1e-10 for float64, 1e-4 for float32, 5e-2 for bfloat16 and float16.
       seed: seed of the sampled coordinates, directions and pairs of kinks, ``>= 0``.
       chunk: perturbed points evaluated at once (one ``vmap``), at least 1.
       name: what to call ``grad_fun`` in the report.
