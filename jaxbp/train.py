@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from jaxbp import parallel, per_example
-from jaxbp.layers import BatchNorm, Dropout, Residual
+from jaxbp.layers import BatchNorm, Conv2D, Dropout, Residual
 from jaxbp.mlp import MLP, Params
 from jaxbp.sequential import Sequential
 
@@ -50,6 +50,9 @@ Net = MLP | Sequential
 
 #: The gradient sources a training step can use.
 GRAD_KINDS = ("manual", "autodiff")
+
+#: How :func:`make_train_epoch` runs an epoch's steps (:func:`default_loop`).
+LOOPS = ("scan", "host")
 
 #: How often an epoch reports its progress by default (:func:`make_train_epoch`'s
 #: ``on_steps``), and how often :func:`fit`'s first epoch does. Each report is a host
@@ -363,6 +366,7 @@ def make_train_epoch(
     dp: DPConfig | None = None,
     on_steps: Callable[[int, int], None] | None = None,
     report_every: int | None = None,
+    loop: str = "scan",
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
     """A jitted epoch ``(state, x, y) -> (state, {"loss": (num_batches,)})``.
 
@@ -371,6 +375,12 @@ def make_train_epoch(
     gathering each one from ``x`` and ``y`` inside the loop. With ``on_steps`` it
     also takes ``report_every`` as a fourth argument (an integer array, so that it
     can change from call to call without a recompile).
+
+    With ``loop="host"`` the same steps, on the same batches, run as one compiled
+    call each from a Python loop instead (see :func:`default_loop`: XLA:CPU runs
+    ``jax.grad``'s convolution backward several times slower inside a compiled
+    loop). The result is the same program step by step; it has ``lower(...)`` and
+    ``compile()`` like a jitted function, so :func:`fit` treats both alike.
 
     Args:
       net: the network spec.
@@ -389,6 +399,8 @@ def make_train_epoch(
       report_every: steps between calls of ``on_steps`` when the epoch is called
         without a ``report_every`` of its own; default
         ``ceil(num_batches / REPORTS_PER_EPOCH)``.
+      loop: ``"scan"`` (one compiled program per epoch) or ``"host"`` (one per
+        step; not with a ``mesh``).
 
     Returns:
       The compiled epoch. ``x`` is ``(N, *input_shape)`` float (or ``uint8``
@@ -409,38 +421,99 @@ def make_train_epoch(
         parallel.check_batch_size(batch_size, mesh)
     if report_every is not None and report_every <= 0:
         raise ValueError(f"report_every must be positive, got {report_every}")
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    if loop == "host" and mesh is not None:
+        raise ValueError('loop="host" runs on one device; use loop="scan" with a mesh')
 
-    @jax.jit
-    def train_epoch(state: TrainState, x: Array, y: Array, every=None):
-        n = x.shape[0]
+    def batches(state: TrainState, n: int):
+        """This epoch's batches of example indices and the next state's key."""
         num_batches = n // batch_size
         if num_batches == 0:
             raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
         key, next_key = jax.random.split(state.key)
         order = _shuffled_indices(key, n)[: num_batches * batch_size]
+        return order.reshape(num_batches, batch_size), next_key
+
+    def step(state: TrainState, x: Array, y: Array, idx: Array):
+        """One step on the examples ``idx`` of ``(x, y)``."""
+        if mesh is None:
+            xb, yb = _as_float(x[idx], state.params), y[idx]
+        else:
+            xb, yb = parallel.take_rows((x, y), idx, mesh)
+            xb = _as_float(xb, state.params)
+        return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp)
+
+    def default_every(num_batches: int) -> int:
+        return report_every or -(-num_batches // REPORTS_PER_EPOCH)
+
+    if loop == "host":
+        batches = jax.jit(batches, static_argnums=1)
+        return _HostLoopEpoch(batches, jax.jit(step), on_steps, default_every)
+
+    @jax.jit
+    def train_epoch(state: TrainState, x: Array, y: Array, every=None):
+        order, next_key = batches(state, x.shape[0])
+        num_batches = order.shape[0]
         first_step = state.step
         if every is None:
-            every = report_every or -(-num_batches // REPORTS_PER_EPOCH)
+            every = default_every(num_batches)
 
         def body(state, idx):
-            if mesh is None:
-                xb, yb = _as_float(x[idx], state.params), y[idx]
-            else:
-                xb, yb = parallel.take_rows((x, y), idx, mesh)
-                xb = _as_float(xb, state.params)
-            state, loss = _apply_step(
-                net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp
-            )
+            state, loss = step(state, x, y, idx)
             if on_steps is not None:
                 _report(on_steps, state.step - first_step, num_batches, every)
             return state, loss
 
-        state, losses = jax.lax.scan(
-            body, state, order.reshape(num_batches, batch_size)
-        )
+        state, losses = jax.lax.scan(body, state, order)
         return state._replace(key=next_key), {"loss": losses}
 
     return train_epoch
+
+
+class _HostLoopEpoch:
+    """:func:`make_train_epoch`'s epoch with ``loop="host"``: the scan's steps,
+    each one compiled call, from Python. ``lower(...).compile()`` compiles both
+    programs ahead of time and returns the epoch itself."""
+
+    def __init__(self, batches, step, on_steps, default_every):
+        self._batches, self._step = batches, step
+        self._on_steps, self._default_every = on_steps, default_every
+
+    def lower(self, state: TrainState, x: Array, y: Array, every=None):
+        order, _ = self._batches(state, x.shape[0])
+        step = self._step.lower(state, x, y, order[0]).compile()
+        return _HostLoopEpoch(self._batches, step, self._on_steps, self._default_every)
+
+    def compile(self):
+        return self
+
+    def __call__(self, state: TrainState, x: Array, y: Array, every=None):
+        order, next_key = self._batches(state, x.shape[0])
+        num_batches = order.shape[0]
+        every = self._default_every(num_batches) if every is None else int(every)
+        losses = []
+        for i in range(num_batches):
+            state, loss = self._step(state, x, y, order[i])
+            losses.append(loss)
+            if self._on_steps is not None and (i + 1) % every == 0:
+                loss.block_until_ready()  # report steps done, not steps dispatched
+                self._on_steps(i + 1, num_batches)
+        return state._replace(key=next_key), {"loss": jnp.stack(losses)}
+
+
+def default_loop(net: Net, grad: str, mesh: jax.sharding.Mesh | None = None) -> str:
+    """How :func:`fit` runs an epoch's steps: ``"scan"``, or ``"host"`` for
+    ``jax.grad`` of a network with a Conv2D on a CPU without a mesh.
+
+    XLA:CPU lowers the weight gradient of ``jax.grad``'s convolution to a fast
+    canonical convolution in a program of one step, but not inside a compiled loop:
+    there Caffe's LeNet took 202 ms a step against 39 ms (batch 64, 2-core EPYC,
+    ``experiments/bench_lenet.py``). The hand-derived backward's im2col products do
+    not have the problem (23 ms a step inside the scan).
+    """
+    slow = grad == "autodiff" and _uses(net, Conv2D) and mesh is None
+    return "host" if slow and jax.default_backend() == "cpu" else "scan"
 
 
 def _report(on_steps, done: Array, total: int, every) -> None:
@@ -639,6 +712,7 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     dp: DPConfig | None = None,
     on_progress: Callable[[EpochProgress], None] | None = None,
+    loop: str | None = None,
 ) -> tuple[TrainState, list[EpochLog], dict]:
     """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
 
@@ -669,6 +743,8 @@ def fit(
         about every :data:`PROGRESS_INTERVAL_S` at the pace of the epoch before,
         or not at all if that epoch was shorter) and when it ends: to show
         progress. It must return quickly; the results do not depend on it.
+      loop: how an epoch runs its steps (:func:`make_train_epoch`); ``None``: as
+        :func:`default_loop` says for this network, gradient and backend.
 
     Returns:
       ``(state, logs, timing)``: the final state, one :class:`EpochLog` per epoch run,
@@ -696,6 +772,7 @@ def fit(
         mesh=mesh,
         dp=dp,
         on_steps=None if on_progress is None else on_steps,
+        loop=default_loop(net, grad, mesh) if loop is None else loop,
     )
     steps_per_epoch = x.shape[0] // batch_size
     # Steps between progress reports (the epoch's fourth argument): a fifth of the

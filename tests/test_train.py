@@ -713,3 +713,60 @@ def test_fit_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
     seen.clear()
     _fit(epochs=2, on_progress=seen.append)
     assert {p.done for p in seen if p.epoch == 2} == set(range(steps + 1))
+
+
+# --- an epoch's steps from a Python loop (XLA:CPU's slow autodiff conv in a scan)
+@pytest.mark.parametrize("grad", ["manual", "autodiff"])
+def test_host_loop_epoch_takes_the_scans_steps(grad):
+    from jaxbp import Sequential, models
+
+    net = Sequential(
+        models.parse("reshape(6,6,1),conv(3,3),relu,dropout(0.25),flatten,dense(3)"),
+        input_shape=(36,),
+    )
+    optimizer = optim.make_optimizer("adam", 1e-2)
+    state = train.init_train_state(net, optimizer, jax.random.key(0))
+    x, y = _data(100, net=MLP((36, 3)))  # 12 batches of 8
+    calls = []
+    epochs = {
+        loop: train.make_train_epoch(
+            net,
+            optimizer,
+            batch_size=8,
+            grad=grad,
+            loop=loop,
+            on_steps=lambda done, total: calls.append((done, total)),
+            report_every=5,
+        )
+        for loop in train.LOOPS
+    }
+    scan, scan_metrics = epochs["scan"](state, x, y)
+    jax.effects_barrier()
+    assert sorted(calls) == [(5, 12), (10, 12)]
+    calls.clear()
+    host_epoch = epochs["host"].lower(state, x, y).compile()
+    host, host_metrics = host_epoch(state, x, y)
+    assert calls == [(5, 12), (10, 12)]
+    assert int(host.step) == int(scan.step) == 12
+    assert np.array_equal(_key_data(host.key), _key_data(scan.key))
+    chex.assert_trees_all_close(host.params, scan.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(host_metrics, scan_metrics, rtol=1e-5, atol=1e-6)
+    # A second epoch from the result continues the same way.
+    chex.assert_trees_all_close(
+        host_epoch(host, x, y)[0].params,
+        epochs["scan"](scan, x, y)[0].params,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="loop must be one of"):
+        train.make_train_epoch(net, optimizer, batch_size=8, loop="python")
+
+
+def test_default_loop_is_the_host_only_for_autodiff_convolutions_on_a_cpu():
+    from jaxbp import Sequential, models
+
+    conv = Sequential(models.parse(models.canonical("lenet")), input_shape=(784,))
+    on_cpu = jax.default_backend() == "cpu"
+    assert train.default_loop(conv, "autodiff") == ("host" if on_cpu else "scan")
+    assert train.default_loop(conv, "manual") == "scan"
+    assert train.default_loop(NET, "autodiff") == "scan"
