@@ -13,19 +13,25 @@ run's ``metrics.json``:
 Every other setting is the CLI's default (Adam, cosine decay of the learning rate to
 zero, batch 64, float32; 10 epochs and Adam's default peak rate 2e-3 for bn-res).
 LeNet trains for 15 epochs at peak rate 1e-3: with the defaults it overfits (training
-loss 0.003 by epoch 8) and ends at 0.9909 (seed 0, manual), short of the target. The exact command, the accuracy after every epoch
-and the epoch times of every run are recorded beside its result, with the machine.
+loss 0.003 by epoch 8) and ends at 0.9909 (seed 0, manual), short of the target. The
+exact command, the accuracy after every epoch and the epoch times of every run are
+recorded beside its result, with the machine.
 ``--seeds`` picks the seeds (default 0,1,2), ``--networks`` the networks and
 ``--grads`` the gradients (default all); ``--quick`` trains LeNet for one epoch from
 seed 0 (about a minute on 2 cores).
 
 Writes ``layer_accuracy_NAME.json`` (``NAME`` the networks run, joined by ``_``) after
-every run (``"complete": false`` until the last).
+every run. Runs already in that file for other seeds or gradients are kept (a rerun of
+the same network, gradient and seed replaces its record), so the seeds can be trained
+in several sittings; ``"complete"`` says whether the file holds every network's runs
+with both gradients and seeds 0, 1 and 2. Each run records its own command and
+machine.
 
 Example:
   JAXBP_DATA_DIR=../shared/data python experiments/layer_accuracy.py --seeds 0
 """
 
+import json
 import os
 import pathlib
 import shlex
@@ -85,6 +91,10 @@ def run_one(name: str, grad: str, seed: int, epochs: int | None, out) -> dict:
     }
 
 
+def _key(run: dict) -> tuple:
+    return run["network"], run["grad"], run["seed"]
+
+
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__)
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
@@ -112,16 +122,21 @@ def main(argv=None) -> int:
     if any(g not in GRADS for g in grads):
         parser.error(f"--grads must be among {', '.join(GRADS)}, got {args.grads!r}")
     epochs = 1 if args.quick else None
+    path = args.out / f"layer_accuracy_{'_'.join(names)}.json"
+    earlier = json.loads(path.read_text())["runs"] if path.is_file() else []
     record = {
-        "command": _common.command_line(__file__, argv),
+        "commands": [],
         "quick": args.quick,
         "data_dir": os.environ.get("JAXBP_DATA_DIR"),
-        "environment": _common.environment(),
         "complete": False,
         "runs": [],
     }
+    if path.is_file():
+        record["commands"] = json.loads(path.read_text()).get("commands", [])
+    record["commands"].append(_common.command_line(__file__, argv))
+    planned = {(n, g, s) for s in seeds for n in names for g in grads}
     runs = record["runs"]
-    path = args.out / f"layer_accuracy_{'_'.join(names)}.json"
+    runs += [r for r in earlier if _key(r) not in planned]
     with tempfile.TemporaryDirectory(prefix="layer_accuracy-") as tmp:
         # Seed by seed, so that a run cut short has both gradients of every network
         # for the first seeds; the record is rewritten after every run.
@@ -129,10 +144,14 @@ def main(argv=None) -> int:
             for name in names:
                 for grad in grads:
                     out = pathlib.Path(tmp) / f"{len(runs)}"
-                    runs.append(run_one(name, grad, seed, epochs, out))
+                    run = run_one(name, grad, seed, epochs, out)
+                    run["environment"] = _common.environment()
+                    runs.append(run)
+                    runs.sort(key=_key)
+                    record["complete"] = {
+                        (n, g, s) for n in names for g in GRADS for s in (0, 1, 2)
+                    } <= {_key(r) for r in runs}
                     _common.write_json(path, record)
-    record["complete"] = True
-    _common.write_json(path, record)
     print(f"\n{'network':<8} {'grad':<9} {'seed':<5} {'test accuracy':<14} target")
     for r in runs:
         print(

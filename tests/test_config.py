@@ -18,7 +18,7 @@ import jaxbp.data
 from jaxbp import cli, optim, train
 from jaxbp.config import TrainConfig, fit, setup
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+TRAINING_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "training.md"
 NUM_TRAIN, NUM_TEST = 300, 50
 _REAL_LOAD_DATASET = jaxbp.data.load_dataset
 
@@ -325,12 +325,10 @@ def test_fit_trains_dp_sgd_when_configured():
     assert not _trees_equal(clipped.params, plain.params)
 
 
-# --- the README's "From Python" snippet and the CLI agree
+# --- the "From Python" snippet of docs/training.md and the CLI agree
 def _readme_snippet() -> str:
-    """The Python block after "From Python" in the README's Training section."""
-    text = README.read_text()
-    training = text.split("\n## Training\n", 1)[1].split("\n## ", 1)[0]
-    after = training.split("From Python", 1)[1]
+    """The Python block after "From Python" in docs/training.md."""
+    after = TRAINING_PAGE.read_text().split("From Python", 1)[1]
     return re.search(r"```python\n(.*?)```", after, flags=re.DOTALL)[1]
 
 
@@ -347,7 +345,7 @@ def test_readme_snippet_and_cli_give_the_same_accuracy(tmp_path, monkeypatch):
     namespace: dict = {}
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        exec(compile(snippet, str(README), "exec"), namespace)
+        exec(compile(snippet, str(TRAINING_PAGE), "exec"), namespace)
     logs = namespace["logs"]
     config = namespace["config"]
     assert len(logs) == config.epochs == 10

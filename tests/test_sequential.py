@@ -326,15 +326,17 @@ def test_check_gradients_names_a_wrong_parameter_gradient():
     assert "layer 3 of 5, Dense(4) (params[2]: [2]['w'])" in report.notes[-1]
 
 
-# --- the README's Sequential example runs as written ------------------------------
+# --- the Sequential example of docs/layers.md and the README runs as written ------
 def test_readme_layers_example_runs():
-    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-    section = readme.read_text().split("\n## Layers: ", 1)[1].split("\n## ", 1)[0]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    page = root / "docs" / "layers.md"
+    section = page.read_text().split("\n## Training them\n", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)[1]
+    assert f"```python\n{code}```" in (root / "README.md").read_text()  # the same
     namespace: dict = {}
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        exec(compile(code, str(readme), "exec"), namespace)
+        exec(compile(code, str(page), "exec"), namespace)
     assert stdout.getvalue().startswith("True localisation:"), stdout.getvalue()
     chex.assert_trees_all_close(
         namespace["grads"], namespace["auto"], rtol=1e-4, atol=1e-5
