@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 
 import jaxbp
-from jaxbp import per_example
+from jaxbp import _noise, per_example
 from jaxbp.losses import LOSSES
 
 # A few fixed shapes, reused everywhere, so that compiled ops are shared between tests.
@@ -438,7 +438,7 @@ def test_fold_in_is_jax_fold_in():
     key = jax.random.key(11)
     for data in (0, 1, 12345, 2**31 - 1, np.uint32(2**32 - 1), jnp.int32(7)):
         chex.assert_trees_all_equal(
-            jax.random.key_data(per_example._fold_in(key, data)),
+            jax.random.key_data(_noise.fold_in(key, data)),
             jax.random.key_data(jax.random.fold_in(key, data)),
         )
     expected = jax.random.fold_in(jax.random.fold_in(key, 0x44505347), 9)
@@ -453,7 +453,7 @@ def test_threefry_is_jax_threefry():
     key = jax.random.key(42)
     words = jax.random.key_data(key)
     count = jnp.arange(10, dtype=jnp.uint32)
-    x1, x2 = per_example._threefry2x32(words[0], words[1], count[:5], count[5:])
+    x1, x2 = _noise.threefry2x32(words[0], words[1], count[:5], count[5:])
     chex.assert_trees_all_equal(
         jnp.concatenate([x1, x2]), jax.extend.random.threefry_2x32(words, count)
     )
