@@ -1,7 +1,14 @@
 """jaxbp.explain: the trace of one step against textbook and hand-computed values."""
 
+import doctest
+import importlib
+import importlib.resources
 import json
 import math
+import pathlib
+import subprocess
+import sys
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +16,8 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp import explainer
-from jaxbp.explainer import examples, inputs, text
+from jaxbp import explainer, render
+from jaxbp.explainer import examples, inputs
 
 TEXTBOOK = {
     "sizes": (2, 2, 2),
@@ -389,7 +396,7 @@ def test_value_lookup_and_json_record():
     assert trace.value("W7") == 0.7 and trace.value("b1") == 0.0
     with pytest.raises(KeyError):
         trace.value("W9")
-    record = json.loads(text.render_json(trace, title="t"))
+    record = json.loads(render.render_json(trace, title="t"))
     assert record["title"] == "t" and record["batch_size"] == 1
     assert record["loss_terms"]["value"] == trace.loss.value
     assert record["params"][4]["name"] == "W5"
@@ -397,7 +404,7 @@ def test_value_lookup_and_json_record():
 
 
 def test_text_shows_every_step():
-    out = explainer.render_text(_textbook_trace())
+    out = render.render_text(_textbook_trace())
     for line in (
         "z1 = W1 x1 + W2 x2 + b1 = 0.3·0.1 + 0.25·0.2 + 0 = 0.08",
         "E1 = 1/2 (o1 - t1)^2 = 1/2 (0.60944600 - 0.4)^2 = 0.02193381",
@@ -413,7 +420,7 @@ def test_text_shows_every_step():
 
 
 def test_html_is_self_contained():
-    page = explainer.render_html(_textbook_trace(), title="2-2-2")
+    page = render.render_html(_textbook_trace(), title="2-2-2")
     assert page.startswith("<!doctype html>")
     lowered = page.lower()
     for external in ("<script src", "<link", "@import", "url(", "http://", "https://"):
@@ -422,3 +429,63 @@ def test_html_is_self_contained():
     for number in ("0.51998934", "0.02397190", "0.02592286", "0.43703857"):
         assert number in page
     assert "@media print" in page
+
+
+# ----------------------------------------------------------------- library and page
+def test_import_jaxbp_loads_no_renderer_cli_or_plotting():
+    """Presentation sits on top: ``import jaxbp`` computes traces but renders none."""
+    code = (
+        "import sys, jaxbp; jaxbp.explain; "
+        "print(sorted(m for m in sys.modules if m.startswith(('jaxbp.render', "
+        "'jaxbp.cli', 'matplotlib'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_old_renderer_names_still_resolve():
+    assert explainer.render_text is render.render_text
+    assert explainer.render_json is render.render_json
+    assert explainer.render_html is render.render_html
+    with pytest.raises(AttributeError):
+        explainer.render_pdf  # noqa: B018
+
+
+@pytest.mark.parametrize("name", ["explain.css", "explain.js"])
+def test_page_style_and_script_are_package_data(name):
+    """The files ship inside the package (a wheel has them) and go into the page."""
+    resource = importlib.resources.files("jaxbp.render") / "static" / name
+    assert resource.is_file(), resource
+    content = resource.read_text(encoding="utf-8")
+    assert len(content) > 500
+    assert content in render.render_html(_textbook_trace())
+
+
+def test_wheel_declares_the_package_data():
+    """pyproject.toml names the data files, so a wheel built from it holds them."""
+    pyproject = tomllib.loads(
+        (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    )
+    declared = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["artifacts"]
+    assert "jaxbp/render/static/*.css" in declared
+    assert "jaxbp/render/static/*.js" in declared
+    assert "jaxbp/explainer/examples/*.json" in declared
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "jaxbp.explainer.examples",
+        "jaxbp.explainer.inputs",
+        "jaxbp.explainer.trace",
+        "jaxbp.render",
+        "jaxbp.render.formatting",
+        "jaxbp.render.html",
+    ],
+)
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0, result

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from jaxbp import explainer
+from jaxbp import explainer, render
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((b for b in map(shutil.which, BROWSERS) if b), None)
@@ -56,7 +56,7 @@ def _html_tag(dom: str) -> str:
 def textbook_page(tmp_path_factory) -> pathlib.Path:
     trace, checks = explainer.explain_example("sigmoid-2-2-2")
     page = tmp_path_factory.mktemp("page") / "step.html"
-    page.write_text(explainer.render_html(trace, title="2-2-2", checks=checks))
+    page.write_text(render.render_html(trace, title="2-2-2", checks=checks))
     return page
 
 

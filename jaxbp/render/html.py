@@ -10,17 +10,20 @@ interactive hints and keeps table rows whole.
 """
 
 import html
+import importlib.resources
 import re
 
-from jaxbp.explainer.text import (
+from jaxbp.explainer.trace import Trace
+from jaxbp.render.formatting import (
+    delta_rule_rows,
     fmt,
     fmt_factor,
     fmt_values,
+    forward_numbers,
     loss_numbers,
     paren,
     path_sum,
 )
-from jaxbp.explainer.trace import Trace
 
 _NAME = re.compile(r"\b([A-Za-z])(\d+)\b")
 _SUB = re.compile(r"_\{?([A-Za-z0-9+\-]+)\}?")
@@ -62,128 +65,13 @@ def _num(text: str) -> str:
 #: highlighted (every weight is still in the tables).
 _LABELLED_EDGES = 9
 
-_CSS = """
-:root { --ink: #1b1f24; --muted: #59636e; --line: #d0d7de; --accent: #0b62c4;
-  --hot: #d1242f; --bg-soft: #f6f8fa; --good: #1a7f37; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--ink); background: #fff;
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue",
-  Arial, sans-serif; }
-main, header { max-width: 1080px; margin: 0 auto; padding: 0 24px; }
-header { padding-top: 20px; padding-bottom: 8px; border-bottom: 1px solid var(--line); }
-h1 { font-size: 1.5em; margin: 0 0 4px; }
-h2 { font-size: 1.15em; margin: 28px 0 8px; padding-bottom: 4px;
-  border-bottom: 1px solid var(--line); }
-h3 { font-size: 1em; margin: 18px 0 6px; }
-p { margin: 6px 0; }
-.sub { color: var(--muted); }
-.num, td.n { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas,
-  "Liberation Mono", monospace; font-size: 0.92em; }
-sub { font-size: 0.72em; }
-.verdict { display: inline-block; margin: 6px 0; padding: 4px 10px; border-radius: 6px;
-  background: #dafbe1; color: var(--good); font-weight: 600; }
-.verdict.bad { background: #ffebe9; color: var(--hot); }
-table { border-collapse: collapse; margin: 6px 0 10px; width: 100%; }
-th, td { text-align: left; padding: 3px 10px 3px 0; border-bottom: 1px solid #eaeef2;
-  vertical-align: baseline; }
-th { color: var(--muted); font-weight: 600; font-size: 0.9em; }
-td.n, th.n { text-align: right; white-space: nowrap; }
-td.nums { text-align: right; }
-.scroll { overflow-x: auto; }
-td.eq { white-space: nowrap; }
-tr.hl td { background: #fff8c5; }
-tr[data-param] { cursor: pointer; }
-.matrix { background: var(--bg-soft); border-radius: 6px; padding: 8px 12px;
-  display: inline-block; margin: 4px 0 8px; }
-.matrix div { white-space: pre; }
-figure { margin: 8px 0; }
-figcaption, .hint { color: var(--muted); font-size: 0.9em; }
-svg { width: 100%; height: auto; max-height: 620px; display: block; }
-svg text { font-family: system-ui, sans-serif; font-size: 12px; fill: var(--ink); }
-svg .unit circle { fill: #fff; stroke: var(--ink); stroke-width: 1.5; }
-svg .unit.input circle { fill: var(--bg-soft); }
-svg .unit.loss circle { fill: #fff8c5; }
-svg .unit .name { font-weight: 700; font-size: 14px; }
-svg .unit .val { font-family: ui-monospace, Menlo, monospace; font-size: 11px; }
-svg .unit .delta { fill: var(--hot); font-size: 11px; }
-svg .edge line { stroke: #8c959f; stroke-width: 1.4; }
-svg .edge.tail line { stroke-dasharray: 4 3; }
-svg .edge text { font-size: 11px; paint-order: stroke; stroke: #fff; stroke-width: 4px;
-  stroke-linejoin: round; }
-svg .edge { cursor: pointer; }
-svg .edge.dense text { display: none; }
-svg.focus .edge.dense.on text { display: inline; }
-svg .edge .hit { stroke: transparent; stroke-width: 12; }
-svg.focus .edge { opacity: 0.18; }
-svg.focus .edge.on { opacity: 1; }
-svg.focus .edge.on line { stroke: var(--accent); stroke-width: 2.6; }
-svg.focus .edge.sel line { stroke: var(--hot); stroke-width: 3.2; }
-svg.focus .edge.on text { font-weight: 700; }
-footer { max-width: 1080px; margin: 24px auto; padding: 0 24px; color: var(--muted);
-  font-size: 0.85em; }
-@media print {
-  body { font-size: 10pt; }
-  main, header, footer { max-width: none; padding: 0; }
-  .hint, noscript { display: none; }
-  h2 { break-after: avoid; }
-  tr, .matrix, figure { break-inside: avoid; }
-  tr.hl td { background: none; }
-  svg.focus .edge { opacity: 1; }
-  svg { max-height: 9cm; }
-}
-@page { margin: 1.6cm; }
-"""
 
-_JS = r"""
-(function () {
-  var svg = document.getElementById("net");
-  var pinned = null;
-  var edges = Array.prototype.slice.call(svg.querySelectorAll(".edge"));
-  function downstream(unit, seen) {
-    edges.forEach(function (e) {
-      if (e.dataset.from === unit && !seen.has(e)) {
-        seen.add(e);
-        downstream(e.dataset.to, seen);
-      }
-    });
-    return seen;
-  }
-  function show(name) {
-    var rows = document.querySelectorAll("tr[data-param]");
-    rows.forEach(function (r) { r.classList.toggle("hl", r.dataset.param === name); });
-    edges.forEach(function (e) { e.classList.remove("on", "sel"); });
-    if (!name) { svg.classList.remove("focus"); return; }
-    var edge = svg.querySelector('.edge[data-param="' + name + '"]');
-    var key = "unitOf" + name.charAt(0).toUpperCase() + name.slice(1);
-    var start = edge ? edge.dataset.to : svg.dataset[key];
-    if (!start) { svg.classList.remove("focus"); return; }
-    svg.classList.add("focus");
-    if (edge) { edge.classList.add("on", "sel"); }
-    downstream(start, new Set()).forEach(function (e) { e.classList.add("on"); });
-  }
-  edges.forEach(function (e) {
-    if (!e.dataset.param) { return; }
-    e.addEventListener("mouseenter", function () {
-      if (!pinned) { show(e.dataset.param); }
-    });
-    e.addEventListener("mouseleave", function () { if (!pinned) show(null); });
-    e.addEventListener("click", function () {
-      pinned = pinned === e.dataset.param ? null : e.dataset.param;
-      show(pinned);
-    });
-  });
-  document.querySelectorAll("tr[data-param]").forEach(function (r) {
-    r.addEventListener("click", function () {
-      pinned = pinned === r.dataset.param ? null : r.dataset.param;
-      show(pinned);
-    });
-  });
-  // A link such as page.html#select=W5 opens with W5 and its paths highlighted.
-  var match = /^#select=(\w+)$/.exec(location.hash);
-  if (match) { pinned = match[1]; show(pinned); }
-  document.documentElement.dataset.ready = "1";
-})();
-"""
+def static_text(name: str) -> str:
+    """A file of the page's package data, ``static/explain.css`` or ``.js``."""
+    return (importlib.resources.files("jaxbp.render") / "static" / name).read_text(
+        encoding="utf-8"
+    )
+
 
 _ERROR_HOOK = (
     "window.addEventListener('error', function (e) {"
@@ -233,7 +121,7 @@ def render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(heading)} · jaxbp explain</title>",
         f"<script>{_ERROR_HOOK}</script>",
-        f"<style>{_CSS}</style>",
+        f"<style>\n{static_text('explain.css')}</style>",
         "</head>",
         "<body>",
         "<header>",
@@ -273,7 +161,7 @@ def render_html(
         "jaxbp's forward pass and hand-derived delta rule (float64); the jax.grad "
         "column is automatic differentiation of the same loss.</footer>"
     )
-    parts.append(f"<script>{_JS}</script>")
+    parts.append(f"<script>\n{static_text('explain.js')}</script>")
     parts.append("</body>")
     parts.append("</html>")
     return "\n".join(parts) + "\n"
@@ -439,17 +327,8 @@ def _forward_section(trace: Trace, d: int) -> list[str]:
         '<th class="n">value</th></tr>',
     ]
     for layer in trace.layers:
-        if layer.index == 1:
-            sources = [[row[i] for row in trace.x] for i in range(len(trace.inputs))]
-        else:
-            below = trace.layers[layer.index - 2]
-            sources = [[row[i] for row in below.a] for i in range(len(below.units))]
         for u in layer.units:
-            numbers = " + ".join(
-                f"{fmt_factor([layer.w[i][u.index]], d)}·{fmt_factor(src, d)}"
-                for i, src in enumerate(sources)
-            )
-            numbers += f" + {fmt_factor([layer.b[u.index]], d)}"
+            numbers = forward_numbers(trace, layer, u, d)
             cls = ["eq", "nums", "n"]
             out.append(
                 _row(math(u.equation), _num(numbers), fmt_values(u.z, d), classes=cls)
@@ -621,13 +500,7 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
         )
         for n in range(trace.batch_size):
             label = f"example {n + 1}<br>" if trace.batch_size > 1 else ""
-            rows = [
-                (f"delta_{hi}", _vec(nxt.delta[n], d)),
-                (f"W_{hi}", _mat(nxt.w, d)),
-                (f"delta_{hi} W_{hi}^T", _vec(layer.back[n], d)),
-                (f"f′(z_{lo})", _vec(layer.fprime[n], d)),
-                (f"delta_{lo}", _vec(layer.delta[n], d)),
-            ]
+            rows = delta_rule_rows(trace, layer, n, d, prime="′")
             body = "".join(
                 f"<div>{math(name)} = {_num(value)}</div>" for name, value in rows
             )
@@ -639,14 +512,6 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
         )
     out.append("</section>")
     return out
-
-
-def _vec(row, d: int) -> str:
-    return "[" + ", ".join(fmt(v, d) for v in row) + "]"
-
-
-def _mat(rows, d: int) -> str:
-    return "[" + "; ".join(", ".join(fmt(v, d) for v in r) for r in rows) + "]"
 
 
 def _chain_section(trace: Trace, d: int) -> list[str]:

@@ -1,86 +1,24 @@
-"""A :class:`~jaxbp.explainer.Trace` as terminal text or as JSON.
+"""A :class:`~jaxbp.explainer.Trace` as terminal text.
 
 The text reads like a worked example on paper: the forward pass unit by unit, the loss
 term by term, the error signals (sum over paths and matrix form), the chain rule weight
 by weight, the manual gradient beside ``jax.grad``'s, and the step.
 """
 
-import json
-import math
-import re
 import textwrap
 
-from jaxbp.explainer.trace import Layer, Param, Trace, Unit
-
-
-def fmt(value: float, digits: int = 8) -> str:
-    """A number as a learner writes it: ``0.3`` stays ``0.3``; others get ``digits``.
-
-    A number too small to show in ``digits`` decimals is written in scientific form
-    rather than as 0.
-
-    Examples:
-      >>> fmt(0.3), fmt(0.51998934015558), fmt(-35.0), fmt(1 / 3, 4), fmt(3e-11)
-      ('0.3', '0.51998934', '-35', '0.3333', '3.00e-11')
-    """
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and abs(value) < 0.5 * 10.0**-digits:
-        return f"{value:.2e}"
-    fixed = f"{value:.{digits}f}"
-    # Short numbers (0.3, 0.35 = 0.35000000000000003) keep their short form.
-    if abs(float(fixed) - value) <= 4e-16 * abs(value) or float(fixed) == 0:
-        fixed = fixed.rstrip("0").rstrip(".") if "." in fixed else fixed
-    if fixed in ("-0", ""):
-        fixed = "0"
-    return fixed
-
-
-def fmt_values(values, digits: int = 8) -> str:
-    """One number for one example, ``[v1, v2, ...]`` for a batch."""
-    if len(values) == 1:
-        return fmt(values[0], digits)
-    return "[" + ", ".join(fmt(v, digits) for v in values) + "]"
-
-
-def fmt_factor(values, digits: int) -> str:
-    """Like :func:`fmt_values`, with a negative single number in parentheses."""
-    text = fmt_values(values, digits)
-    return f"({text})" if text.startswith("-") else text
-
-
-def path_sum(unit: Unit, digits: int) -> tuple[str, str]:
-    """``dE/dh`` of a hidden unit as a sum over paths: the symbols and the numbers."""
-    symbolic = " + ".join(f"dE/d{p.via}·{p.weight}" for p in unit.paths)
-    numbers = " + ".join(
-        f"{fmt_factor(p.delta, digits)}·{fmt_factor([p.weight_value], digits)}"
-        for p in unit.paths
-    )
-    return symbolic, numbers
-
-
-def paren(formula: str) -> str:
-    """``formula`` in parentheses where a product would misread it.
-
-    Examples:
-      >>> paren("1 - h1^2"), paren("h1 (1 - h1)"), paren("x1")
-      ('(1 - h1^2)', 'h1 (1 - h1)', 'x1')
-    """
-    if re.fullmatch(r"\w+ \(.*\)", formula) or not re.search(r" [-+] | if ", formula):
-        return formula
-    return f"({formula})"
-
-
-def _vec(row, digits: int) -> str:
-    return "[" + ", ".join(fmt(v, digits) for v in row) + "]"
-
-
-def _mat(rows, digits: int) -> str:
-    return "[" + "; ".join(", ".join(fmt(v, digits) for v in r) for r in rows) + "]"
-
-
-def _product(values_list, digits: int) -> str:
-    return " · ".join(fmt_factor(v, digits) for v in values_list)
+from jaxbp.explainer.trace import Param, Trace
+from jaxbp.render.formatting import (
+    delta_rule_rows,
+    fmt,
+    fmt_factor,
+    fmt_values,
+    forward_numbers,
+    loss_numbers,
+    paren,
+    path_sum,
+    product,
+)
 
 
 def _heading(lines: list[str], text: str) -> None:
@@ -177,25 +115,11 @@ def _forward(lines: list[str], trace: Trace, d: int) -> None:
     _heading(lines, "1. Forward pass: z = sum of weight · input + bias, a = f(z)")
     for layer in trace.layers:
         for u in layer.units:
-            inputs = _inputs_of(trace, layer, u)
-            terms = " + ".join(
-                f"{fmt_factor([w], d)}·{fmt_factor(a, d)}" for w, a in inputs
-            )
-            bias = fmt_factor([layer.b[u.index]], d)
-            lines.append(f"  {u.equation} = {terms} + {bias} = {fmt_values(u.z, d)}")
+            numbers = forward_numbers(trace, layer, u, d)
+            lines.append(f"  {u.equation} = {numbers} = {fmt_values(u.z, d)}")
             lines.append(
                 f"  {u.name} = {u.activation}({u.z_name}) = {fmt_values(u.a, d)}"
             )
-
-
-def _inputs_of(trace: Trace, layer: Layer, u: Unit):
-    """``[(weight value, source values per example)]`` of unit ``u``."""
-    if layer.index == 1:
-        sources = [[row[i] for row in trace.x] for i in range(len(trace.inputs))]
-    else:
-        below = trace.layers[layer.index - 2]
-        sources = [[row[i] for row in below.a] for i in range(len(below.units))]
-    return [(layer.w[i][u.index], src) for i, src in enumerate(sources)]
 
 
 def _loss(lines: list[str], trace: Trace, d: int) -> None:
@@ -227,19 +151,6 @@ def _loss(lines: list[str], trace: Trace, d: int) -> None:
         )
 
 
-def loss_numbers(trace: Trace, k: int, d: int) -> str:
-    """The term of output ``k`` with its numbers substituted."""
-    o = fmt_factor([row[k] for row in trace.layers[-1].a], d)
-    t = fmt_factor([row[k] for row in trace.y], d)
-    if trace.loss.name == "half_sse":
-        return f"1/2 ({o} - {t})^2"
-    if trace.loss.name == "mse":
-        n_out = len(trace.targets)
-        return f"({o} - {t})^2" + (f" / {n_out}" if n_out > 1 else "")
-    p = fmt_factor([row[k] for row in trace.loss.probs], d)
-    return f"-{t} log {p}"
-
-
 def _backward(lines: list[str], trace: Trace, d: int) -> None:
     _heading(lines, "3. Backward pass: the error signal delta = dE/dz of every unit")
     out = trace.layers[-1]
@@ -261,7 +172,7 @@ def _backward(lines: list[str], trace: Trace, d: int) -> None:
             lines.append(
                 f"  dE/d{u.z_name} = {f_out.symbol} · {f_act.symbol} = "
                 f"{paren(f_out.formula)} · {paren(f_act.formula)} = "
-                f"{_product([f_out.values, f_act.values], d)} = "
+                f"{product([f_out.values, f_act.values], d)} = "
                 f"{fmt_values(u.delta, d)}"
             )
     for layer in reversed(trace.layers[:-1]):
@@ -294,13 +205,7 @@ def _backward(lines: list[str], trace: Trace, d: int) -> None:
         for n in range(trace.batch_size):
             if trace.batch_size > 1:
                 lines.append(f"  example {n + 1}:")
-            rows = [
-                (f"delta_{hi}", _vec(nxt.delta[n], d)),
-                (f"W_{hi}", _mat(nxt.w, d)),
-                (f"delta_{hi} W_{hi}^T", _vec(layer.back[n], d)),
-                (f"f'(z_{lo})", _vec(layer.fprime[n], d)),
-                (f"delta_{lo}", _vec(layer.delta[n], d)),
-            ]
+            rows = delta_rule_rows(trace, layer, n, d)
             width = max(len(label) for label, _ in rows)
             lines += [f"    {label:{width}} = {text}" for label, text in rows]
     if len(trace.layers) > 1:
@@ -315,11 +220,11 @@ def _chain_line(p: Param, d: int, batch: int) -> list[str]:
     values = [f.values for f in p.factors]
     if batch == 1:
         return [
-            f"  dE/d{p.name} = {symbols} = {_product(values, d)} = {fmt(p.chain[0], d)}"
+            f"  dE/d{p.name} = {symbols} = {product(values, d)} = {fmt(p.chain[0], d)}"
         ]
     return [
         f"  dE/d{p.name} = sum over examples of {symbols}",
-        f"         = sum {_product(values, d)}",
+        f"         = sum {product(values, d)}",
         f"         = sum {fmt_values(p.chain, d)} = {fmt(sum(p.chain), d)}",
     ]
 
@@ -362,16 +267,3 @@ def _step(lines: list[str], trace: Trace, d: int) -> None:
         f"  E after the step = {fmt(trace.loss_after, d)} "
         f"(before: {fmt(trace.loss.value, d)})"
     )
-
-
-def render_json(trace: Trace, *, title=None, checks=None) -> str:
-    """The whole trace as indented JSON (full float64 precision).
-
-    The record is :meth:`~jaxbp.explainer.Trace.to_dict`, plus ``title`` and
-    ``checks`` (``[{"name", "expected", "got", "ok"}]``) when given.
-    """
-    record = {"title": title} if title else {}
-    record.update(trace.to_dict())
-    if checks is not None:
-        record["checks"] = [c._asdict() for c in checks]
-    return json.dumps(record, indent=2) + "\n"
