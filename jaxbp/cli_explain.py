@@ -76,7 +76,7 @@ def run(
         raise ValueError(f"--digits must be between 1 and 15, got {digits}")
     if lr is not None and not (np.isfinite(lr) and lr > 0):
         raise ValueError(f"--lr must be a positive number, got {lr}")
-    title = description = source = checks = None
+    ex = checks = None
     if example is not None:
         given = [
             flag
@@ -96,7 +96,6 @@ def run(
             )
         ex = examples_lib.load_example(example)
         trace, checks = examples_lib.explain_example(example, lr=lr)
-        title, description, source = ex.title, ex.description, ex.source
     else:
         try:
             net, params, xb, yb = _problem(
@@ -105,10 +104,19 @@ def run(
         except InputError as e:
             raise ValueError(f"--{e.field} {e}") from None
         trace = explain(net, params, xb, yb, lr=DEFAULT_LR if lr is None else lr)
+    out = _render(trace, output_format, digits, example=ex, checks=checks)
+    return out, checks is None or all(c.ok for c in checks)
+
+
+def _render(trace, output_format: str, digits: int, *, example, checks) -> str:
+    """The trace in ``output_format``, with the example's title and checks if any."""
+    title = description = source = None
+    if example is not None:
+        title, description, source = example.title, example.description, example.source
     if output_format == "json":
-        out = render_json(trace, title=title, checks=checks)
-    elif output_format == "html":
-        out = render_html(
+        return render_json(trace, title=title, checks=checks)
+    if output_format == "html":
+        return render_html(
             trace,
             digits=digits,
             title=title,
@@ -116,11 +124,9 @@ def run(
             source=source,
             checks=checks,
         )
-    else:
-        out = render_text(
-            trace, digits=digits, title=title, description=description, checks=checks
-        )
-    return out, checks is None or all(c.ok for c in checks)
+    return render_text(
+        trace, digits=digits, title=title, description=description, checks=checks
+    )
 
 
 def _problem(sizes, activation, output_activation, loss, params_path, seed, x, y):

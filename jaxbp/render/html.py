@@ -13,7 +13,8 @@ import html
 import importlib.resources
 import re
 
-from jaxbp.explainer.trace import Trace
+from jaxbp.explainer.trace import Layer, Trace
+from jaxbp.render import diagram
 from jaxbp.render.formatting import (
     delta_rule_rows,
     fmt,
@@ -45,25 +46,8 @@ def math(text: str) -> str:
     return _NAME.sub(r"\1<sub>\2</sub>", out)
 
 
-def _svg_name(name: str, rest: str = "") -> str:
-    """SVG text for ``W5`` + ``rest``: ``<sub>`` is not SVG, so a shifted tspan."""
-    match = re.fullmatch(r"([A-Za-z]+)(\d+)", name)
-    if not match:
-        return html.escape(name + rest)
-    letters, digits = match.groups()
-    out = f'{letters}<tspan dy="3" font-size="75%">{digits}</tspan>'
-    if rest:
-        out += f'<tspan dy="-3">{html.escape(rest)}</tspan>'
-    return out
-
-
 def _num(text: str) -> str:
     return f'<span class="num">{html.escape(text)}</span>'
-
-
-#: Layers with more connections than this label a weight only while it is
-#: highlighted (every weight is still in the tables).
-_LABELLED_EDGES = 9
 
 
 def static_text(name: str) -> str:
@@ -105,14 +89,6 @@ def render_html(
     """
     d = digits
     heading = title or "One step of backpropagation"
-    batch = trace.batch_size
-    ok = trace.max_abs_manual_vs_autodiff <= 1e-9 * max(
-        1.0, _scale(trace)
-    ) and trace.max_abs_chain_vs_manual <= 1e-9 * max(1.0, _scale(trace))
-    verdict = (
-        f"manual (delta rule) vs jax.grad: largest difference "
-        f"{trace.max_abs_manual_vs_autodiff:.1e}"
-    )
     parts = [
         "<!doctype html>",
         '<html lang="en">',
@@ -124,6 +100,31 @@ def render_html(
         f"<style>\n{static_text('explain.css')}</style>",
         "</head>",
         "<body>",
+        *_header(trace, d, heading, description, source),
+        "<main>",
+        *_network_section(trace, d),
+        *_forward_section(trace, d),
+        *_loss_section(trace, d),
+        *_backward_section(trace, d),
+        *_chain_section(trace, d),
+        *_grads_section(trace, d),
+        *_step_section(trace, d),
+        *(_checks_section(checks) if checks else []),
+        "</main>",
+        "<footer>Written by <code>jaxbp explain</code>. Every value comes from "
+        "jaxbp's forward pass and hand-derived delta rule (float64); the jax.grad "
+        "column is automatic differentiation of the same loss.</footer>",
+        f"<script>\n{static_text('explain.js')}</script>",
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _header(trace: Trace, d: int, heading: str, description, source) -> list[str]:
+    """The title, the setting, the source, and the verdict of manual vs jax.grad."""
+    batch = trace.batch_size
+    out = [
         "<header>",
         f"<h1>{html.escape(heading)}</h1>",
         f'<p class="sub">{html.escape(trace.network)} · one step of gradient descent, '
@@ -133,179 +134,50 @@ def render_html(
         + "</p>",
     ]
     if description:
-        parts.append(f"<p>{math(description)}</p>")
+        out.append(f"<p>{math(description)}</p>")
     if source:
         where = html.escape(source)
         if source.startswith(("https://", "http://")):
             where = f'<a href="{where}">{where}</a>'
-        parts.append(f'<p class="sub">Source: {where}</p>')
-    parts.append(
+        out.append(f'<p class="sub">Source: {where}</p>')
+    # Agreement within 1e-9 of the largest gradient (float64 gives ~1e-16).
+    scale = max(1.0, max(abs(p.manual) for p in trace.params))
+    ok = (
+        trace.max_abs_manual_vs_autodiff <= 1e-9 * scale
+        and trace.max_abs_chain_vs_manual <= 1e-9 * scale
+    )
+    verdict = (
+        f"manual (delta rule) vs jax.grad: largest difference "
+        f"{trace.max_abs_manual_vs_autodiff:.1e}"
+    )
+    out.append(
         f'<p><span class="verdict{"" if ok else " bad"}">{verdict}</span> '
         f'<span class="sub">E = {_num(fmt(trace.loss.value, d))} → '
         f"{_num(fmt(trace.loss_after, d))} after the step</span></p>"
     )
-    parts.append("</header>")
-    parts.append("<main>")
-    parts += _network_section(trace, d)
-    parts += _forward_section(trace, d)
-    parts += _loss_section(trace, d)
-    parts += _backward_section(trace, d)
-    parts += _chain_section(trace, d)
-    parts += _grads_section(trace, d)
-    parts += _step_section(trace, d)
-    if checks:
-        parts += _checks_section(checks)
-    parts.append("</main>")
-    parts.append(
-        "<footer>Written by <code>jaxbp explain</code>. Every value comes from "
-        "jaxbp's forward pass and hand-derived delta rule (float64); the jax.grad "
-        "column is automatic differentiation of the same loss.</footer>"
-    )
-    parts.append(f"<script>\n{static_text('explain.js')}</script>")
-    parts.append("</body>")
-    parts.append("</html>")
-    return "\n".join(parts) + "\n"
-
-
-def _scale(trace: Trace) -> float:
-    return max(abs(p.manual) for p in trace.params)
-
-
-# ----------------------------------------------------------------------- diagram
-def _network_section(trace: Trace, d: int) -> list[str]:
-    dd = min(d, 4)
-    sizes = trace.sizes
-    cols = len(sizes) + 1  # plus the loss node
-    tallest = max(sizes)
-    gap_y = 112 if tallest <= 3 else 100
-    width, pad_x, top = 960, 60, 46
-    height = top + gap_y * (tallest - 1) + 76
-    xs = [pad_x + i * (width - 2 * pad_x) / (cols - 1) for i in range(cols)]
-
-    def ys(n):
-        mid = top + gap_y * tallest / 2 - gap_y / 2
-        return [mid + (k - (n - 1) / 2) * gap_y for k in range(n)]
-
-    pos = {}
-    names = [list(trace.inputs)] + [
-        [u.name for u in layer.units] for layer in trace.layers
-    ]
-    for c, layer_names in enumerate(names):
-        for name, y in zip(layer_names, ys(len(layer_names)), strict=True):
-            pos[name] = (xs[c], y)
-    pos["E"] = (xs[-1], ys(1)[0])
-    out = [
-        '<section id="network">',
-        "<h2>The network</h2>",
-        "<figure>",
-        f'<svg id="net" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{html.escape(trace.network)}"'
-        + "".join(
-            f' data-unit-of-{p.name.lower()}="{p.target}"'
-            for p in trace.params
-            if p.kind == "b"
-        )
-        + ">",
-    ]
-    edges, units = [], []
-    r = 24
-    for p in trace.params:
-        if p.kind != "w":
-            continue
-        (x0, y0), (x1, y1) = pos[p.source], pos[p.target]
-        fan_in, fan_out = sizes[p.layer - 1], sizes[p.layer]
-        # Labels spread along the lines by the unit fed, so that they rarely meet.
-        t = 0.22 + (0.5 * p.col / (fan_out - 1) if fan_out > 1 else 0.1)
-        dense = fan_in * fan_out > _LABELLED_EDGES
-        lx, ly = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
-        edges.append(
-            f'<g class="edge{" dense" if dense else ""}" data-param="{p.name}" '
-            f'data-from="{p.source}" '
-            f'data-to="{p.target}"><title>{p.name}: {p.source} → {p.target} = '
-            f"{fmt(p.value, d)}</title>"
-            f'<line x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{x1 - r:.1f}" y2="{y1:.1f}"/>'
-            f'<line class="hit" x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{x1 - r:.1f}" '
-            f'y2="{y1:.1f}"/>'
-            f'<text x="{lx:.1f}" y="{ly - 4:.1f}" text-anchor="middle">'
-            f"{_svg_name(p.name, ' = ' + fmt(p.value, dd))}</text></g>"
-        )
-    ex, ey = pos["E"]
-    for u in trace.layers[-1].units:
-        x0, y0 = pos[u.name]
-        edges.append(
-            f'<g class="edge tail" data-from="{u.name}" data-to="E">'
-            f'<line x1="{x0 + r:.1f}" y1="{y0:.1f}" x2="{ex - r:.1f}" y2="{ey:.1f}"/>'
-            "</g>"
-        )
-    for i, name in enumerate(trace.inputs):
-        x, y = pos[name]
-        units.append(
-            _unit_svg(name, x, y, r, fmt(trace.x[0][i], dd), None, None, "input")
-        )
-    for layer in trace.layers:
-        for u in layer.units:
-            x, y = pos[u.name]
-            bias = (u.bias, f" = {fmt(layer.b[u.index], dd)}")
-            delta = f"δ = {fmt(u.delta[0], dd)}"
-            units.append(_unit_svg(u.name, x, y, r, fmt(u.a[0], dd), bias, delta, ""))
-    units.append(
-        _unit_svg("E", ex, ey, r, fmt(trace.loss.value, dd), None, None, "loss")
-    )
-    for k, name in enumerate(trace.targets):
-        x, y = pos[trace.layers[-1].units[k].name]
-        # Above the unit when the dashed line to E runs down from it, else below.
-        ty = y - 8 if y <= ey else y + 18
-        units.append(
-            f'<text x="{x + r + 6:.1f}" y="{ty:.1f}" class="sub">'
-            f"{_svg_name(name, ' = ' + fmt(trace.y[0][k], dd))}</text>"
-        )
-    out += edges + units
-    out.append("</svg>")
-    caption = (
-        "Each unit shows its activation, its bias and (red) its error signal "
-        "δ = ∂E/∂z; each line its weight"
-    )
-    if any(m * n > _LABELLED_EDGES for m, n in zip(sizes, sizes[1:], strict=False)):
-        caption += (
-            " (in layers with more than "
-            f"{_LABELLED_EDGES} connections, while it is highlighted)"
-        )
-    if trace.batch_size > 1:
-        caption += ", for the first example of the batch"
-    out.append(f"<figcaption>{caption}.</figcaption>")
-    out.append("</figure>")
-    out.append(
-        '<p class="hint">Hover over a weight (or click it, or a row of the chain-rule '
-        "table, to pin it) to highlight every path from it to the loss E.</p>"
-    )
-    out.append("</section>")
+    out.append("</header>")
     return out
 
 
-def _unit_svg(name, x, y, r, value, bias, delta, kind) -> str:
-    parts = [
-        f'<g class="unit {kind}" data-unit="{name}">',
-        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}"/>',
-        f'<text class="name" x="{x:.1f}" y="{y + 5:.1f}" text-anchor="middle">'
-        f"{_svg_name(name)}</text>",
-        f'<text class="val" x="{x:.1f}" y="{y + r + 13:.1f}" text-anchor="middle">'
-        f"{html.escape(value)}</text>",
-    ]
-    if bias:
-        parts.append(
-            f'<text class="val" x="{x:.1f}" y="{y - r - 6:.1f}" text-anchor="middle">'
-            f"{_svg_name(*bias)}</text>"
-        )
-    if delta:
-        parts.append(
-            f'<text class="delta" x="{x:.1f}" y="{y + r + 26:.1f}" '
-            f'text-anchor="middle">{html.escape(delta)}</text>'
-        )
-    parts.append("</g>")
-    return "".join(parts)
-
-
 # ----------------------------------------------------------------------- sections
+def _network_section(trace: Trace, d: int) -> list[str]:
+    return [
+        '<section id="network">',
+        "<h2>The network</h2>",
+        "<figure>",
+        *diagram.network_svg(trace, d),
+        f"<figcaption>{diagram.caption(trace)}</figcaption>",
+        "</figure>",
+        '<p class="hint">Hover over a weight (or click it, or a row of the chain-rule '
+        "table, to pin it) to highlight every path from it to the loss E.</p>",
+        "</section>",
+    ]
+
+
+#: Cell classes of a four-column table: two formulas, the numbers, the value.
+_EQ_EQ_NUMS_N = ["eq", "eq", "nums", "n"]
+
+
 def _row(*cells, param=None, classes=None) -> str:
     attr = f' data-param="{param}"' if param else ""
     classes = classes or [""] * len(cells)
@@ -402,109 +274,10 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
     out = [
         '<section id="backward">',
         "<h2>3. Backward pass: the error signal δ = ∂E/∂z of every unit</h2>",
+        *_output_deltas(trace, d),
     ]
-    fused = trace.loss.probs is not None
-    out.append(
-        "<h3>Output layer</h3><p>"
-        + (
-            "Softmax and cross-entropy together give "
-            + math("dE/dz = p - t")
-            + " in one step."
-            if fused
-            else math("dE/dz = dE/do · do/dz") + ": the loss's slope times the "
-            "activation's."
-        )
-        + "</p>"
-    )
-    out.append(
-        "<table><tr><th>error signal</th><th>formula</th>"
-        '<th class="n">with the numbers</th>'
-        '<th class="n">value</th></tr>'
-    )
-    cls = ["eq", "eq", "nums", "n"]
-    for u in trace.layers[-1].units:
-        p = next(p for p in trace.params if p.kind == "b" and p.target == u.name)
-        if fused:
-            f = p.factors[0]
-            out.append(
-                _row(
-                    math(f"dE/d{u.z_name}"),
-                    math(f.formula),
-                    _num(fmt_values(f.values, d)),
-                    fmt_values(u.delta, d),
-                    classes=cls,
-                )
-            )
-        else:
-            f_out, f_act = p.factors[0], p.factors[1]
-            out.append(
-                _row(
-                    math(f"dE/d{u.z_name} = {f_out.symbol} · {f_act.symbol}"),
-                    math(f"{paren(f_out.formula)} · {paren(f_act.formula)}"),
-                    _num(
-                        f"{fmt_factor(f_out.values, d)} · {fmt_factor(f_act.values, d)}"
-                    ),
-                    fmt_values(u.delta, d),
-                    classes=cls,
-                )
-            )
-    out.append("</table>")
     for layer in reversed(trace.layers[:-1]):
-        nxt = trace.layers[layer.index]
-        lo, hi = layer.index, nxt.index
-        out.append(f"<h3>Hidden layer {lo}: sum over paths</h3>")
-        out.append(
-            "<p>A hidden unit reaches the loss through every unit it feeds, so its "
-            "slope is a sum with one term per path (Rumelhart, Hinton &amp; Williams "
-            "1986, eq. 7); then the activation's slope turns it into δ.</p>"
-        )
-        out.append(
-            "<table><tr><th>quantity</th><th>sum over paths / chain rule</th>"
-            '<th class="n">with the numbers</th><th class="n">value</th></tr>'
-        )
-        for u in layer.units:
-            symbolic, numbers = path_sum(u, d)
-            out.append(
-                _row(
-                    math(f"dE/d{u.name}"),
-                    math(symbolic),
-                    _num(numbers),
-                    fmt_values(u.dE_da, d),
-                    classes=cls,
-                )
-            )
-            out.append(
-                _row(
-                    math(f"dE/d{u.z_name}"),
-                    math(f"dE/d{u.name} · {paren(u.derivative)}"),
-                    _num(f"{fmt_factor(u.dE_da, d)} · {fmt_factor(u.fprime, d)}"),
-                    fmt_values(u.delta, d),
-                    classes=cls,
-                )
-            )
-        out.append("</table>")
-        routes = [u for u in layer.units if u.routes > len(u.paths)]
-        if routes:
-            out.append(
-                "<p>Unrolled through every later layer, "
-                + "; ".join(
-                    f"{math(f'dE/d{u.name}')} is the sum over {u.routes} routes to the "
-                    f"outputs = {_num(fmt_values(u.routes_sum, d))}"
-                    for u in routes
-                )
-                + ".</p>"
-            )
-        out.append(
-            f"<p>The same in matrix form, the delta rule: "
-            f"{math(f'delta_{lo} = (delta_{hi} W_{hi}^T) ⊙ f′(z_{lo})')}</p>"
-        )
-        for n in range(trace.batch_size):
-            label = f"example {n + 1}<br>" if trace.batch_size > 1 else ""
-            rows = delta_rule_rows(trace, layer, n, d, prime="′")
-            body = "".join(
-                f"<div>{math(name)} = {_num(value)}</div>" for name, value in rows
-            )
-            out.append(f'<div class="matrix">{label}{body}</div>')
+        out += _hidden_deltas(trace, layer, d)
     if len(trace.layers) > 1:
         out.append(
             "<p>Sum over paths, matrix form and sum over routes agree: largest "
@@ -512,6 +285,110 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
         )
     out.append("</section>")
     return out
+
+
+def _output_deltas(trace: Trace, d: int) -> list[str]:
+    """The output layer's δ: the loss's slope times the activation's (or fused)."""
+    fused = trace.loss.probs is not None
+    if fused:
+        how = (
+            "Softmax and cross-entropy together give "
+            + math("dE/dz = p - t")
+            + " in one step."
+        )
+    else:
+        how = (
+            math("dE/dz = dE/do · do/dz") + ": the loss's slope times the activation's."
+        )
+    out = [
+        f"<h3>Output layer</h3><p>{how}</p>",
+        "<table><tr><th>error signal</th><th>formula</th>"
+        '<th class="n">with the numbers</th>'
+        '<th class="n">value</th></tr>',
+    ]
+    for u in trace.layers[-1].units:
+        # The bias's chain rule holds the unit's factors: dE/do · do/dz (· 1).
+        p = next(p for p in trace.params if p.kind == "b" and p.target == u.name)
+        if fused:
+            f = p.factors[0]
+            cells = (
+                math(f"dE/d{u.z_name}"),
+                math(f.formula),
+                _num(fmt_values(f.values, d)),
+            )
+        else:
+            f_out, f_act = p.factors[0], p.factors[1]
+            cells = (
+                math(f"dE/d{u.z_name} = {f_out.symbol} · {f_act.symbol}"),
+                math(f"{paren(f_out.formula)} · {paren(f_act.formula)}"),
+                _num(f"{fmt_factor(f_out.values, d)} · {fmt_factor(f_act.values, d)}"),
+            )
+        out.append(_row(*cells, fmt_values(u.delta, d), classes=_EQ_EQ_NUMS_N))
+    out.append("</table>")
+    return out
+
+
+def _hidden_deltas(trace: Trace, layer: Layer, d: int) -> list[str]:
+    """A hidden layer's δ: the sum over paths, the routes, then the matrix form."""
+    lo, hi = layer.index, layer.index + 1
+    out = [
+        f"<h3>Hidden layer {lo}: sum over paths</h3>",
+        "<p>A hidden unit reaches the loss through every unit it feeds, so its "
+        "slope is a sum with one term per path (Rumelhart, Hinton &amp; Williams "
+        "1986, eq. 7); then the activation's slope turns it into δ.</p>",
+        "<table><tr><th>quantity</th><th>sum over paths / chain rule</th>"
+        '<th class="n">with the numbers</th><th class="n">value</th></tr>',
+    ]
+    for u in layer.units:
+        symbolic, numbers = path_sum(u, d)
+        out.append(
+            _row(
+                math(f"dE/d{u.name}"),
+                math(symbolic),
+                _num(numbers),
+                fmt_values(u.dE_da, d),
+                classes=_EQ_EQ_NUMS_N,
+            )
+        )
+        out.append(
+            _row(
+                math(f"dE/d{u.z_name}"),
+                math(f"dE/d{u.name} · {paren(u.derivative)}"),
+                _num(f"{fmt_factor(u.dE_da, d)} · {fmt_factor(u.fprime, d)}"),
+                fmt_values(u.delta, d),
+                classes=_EQ_EQ_NUMS_N,
+            )
+        )
+    out.append("</table>")
+    out += _routes(layer, d)
+    out.append(
+        f"<p>The same in matrix form, the delta rule: "
+        f"{math(f'delta_{lo} = (delta_{hi} W_{hi}^T) ⊙ f′(z_{lo})')}</p>"
+    )
+    for n in range(trace.batch_size):
+        label = f"example {n + 1}<br>" if trace.batch_size > 1 else ""
+        rows = delta_rule_rows(trace, layer, n, d, prime="′")
+        body = "".join(
+            f"<div>{math(name)} = {_num(value)}</div>" for name, value in rows
+        )
+        out.append(f'<div class="matrix">{label}{body}</div>')
+    return out
+
+
+def _routes(layer: Layer, d: int) -> list[str]:
+    """The sum over paths unrolled through every later layer, where that differs."""
+    routes = [u for u in layer.units if u.routes > len(u.paths)]
+    if not routes:
+        return []
+    return [
+        "<p>Unrolled through every later layer, "
+        + "; ".join(
+            f"{math(f'dE/d{u.name}')} is the sum over {u.routes} routes to the "
+            f"outputs = {_num(fmt_values(u.routes_sum, d))}"
+            for u in routes
+        )
+        + ".</p>"
+    ]
 
 
 def _chain_section(trace: Trace, d: int) -> list[str]:

@@ -7,7 +7,7 @@ by weight, the manual gradient beside ``jax.grad``'s, and the step.
 
 import textwrap
 
-from jaxbp.explainer.trace import Param, Trace
+from jaxbp.explainer.trace import Layer, Param, Trace
 from jaxbp.render.formatting import (
     delta_rule_rows,
     fmt,
@@ -41,12 +41,25 @@ def render_text(
       The text, ending in a newline.
     """
     d = digits
-    batch = trace.batch_size
     lines = []
     if title:
         lines += [title, "=" * len(title)]
     if description:
         lines += [*textwrap.wrap(description, 88), ""]
+    _setting(lines, trace, d)
+    _forward(lines, trace, d)
+    _loss(lines, trace, d)
+    _backward(lines, trace, d)
+    _gradients(lines, trace, d)
+    _step(lines, trace, d)
+    if checks:
+        _checks(lines, checks)
+    return "\n".join(lines) + "\n"
+
+
+def _setting(lines: list[str], trace: Trace, d: int) -> None:
+    """The network, the step, the inputs and targets, every parameter's value."""
+    batch = trace.batch_size
     lines.append(
         f"{trace.network}: one step of gradient descent, learning rate "
         f"{fmt(trace.lr, d)}, {batch} example{'s' if batch > 1 else ''}"
@@ -90,25 +103,19 @@ def render_text(
         )
         lines += [line.replace("\u00a0", " ") for line in wrapped]
 
-    _forward(lines, trace, d)
-    _loss(lines, trace, d)
-    _backward(lines, trace, d)
-    _gradients(lines, trace, d)
-    _step(lines, trace, d)
-    if checks:
-        tol = max(abs(c.got - c.expected) for c in checks)
-        _heading(lines, "Checks against the published values")
-        for c in checks:
-            mark = "ok  " if c.ok else "FAIL"
-            lines.append(
-                f"  {mark} {c.name:9} published {fmt(c.expected, 12):>14}   "
-                f"trace {fmt(c.got, 12):>16}"
-            )
-        passed = sum(c.ok for c in checks)
+
+def _checks(lines: list[str], checks) -> None:
+    """Each published number beside the trace's, and how many agree."""
+    tol = max(abs(c.got - c.expected) for c in checks)
+    _heading(lines, "Checks against the published values")
+    for c in checks:
+        mark = "ok  " if c.ok else "FAIL"
         lines.append(
-            f"  {passed} of {len(checks)} agree (largest difference {tol:.1e})"
+            f"  {mark} {c.name:9} published {fmt(c.expected, 12):>14}   "
+            f"trace {fmt(c.got, 12):>16}"
         )
-    return "\n".join(lines) + "\n"
+    passed = sum(c.ok for c in checks)
+    lines.append(f"  {passed} of {len(checks)} agree (largest difference {tol:.1e})")
 
 
 def _forward(lines: list[str], trace: Trace, d: int) -> None:
@@ -153,7 +160,18 @@ def _loss(lines: list[str], trace: Trace, d: int) -> None:
 
 def _backward(lines: list[str], trace: Trace, d: int) -> None:
     _heading(lines, "3. Backward pass: the error signal delta = dE/dz of every unit")
-    out = trace.layers[-1]
+    _output_deltas(lines, trace, d)
+    for layer in reversed(trace.layers[:-1]):
+        _hidden_deltas(lines, trace, layer, d)
+    if len(trace.layers) > 1:
+        lines.append(
+            "  sum over paths = matrix form = sum over routes: largest difference "
+            f"{trace.max_abs_paths_vs_matrix:.1e}"
+        )
+
+
+def _output_deltas(lines: list[str], trace: Trace, d: int) -> None:
+    """The output layer's delta: the loss's slope times the activation's (or fused)."""
     fused = trace.loss.probs is not None
     if fused:
         lines.append(
@@ -161,7 +179,8 @@ def _backward(lines: list[str], trace: Trace, d: int) -> None:
         )
     else:
         lines.append("  output layer: dE/dz = dE/do · do/dz")
-    for u in out.units:
+    for u in trace.layers[-1].units:
+        # The bias's chain rule holds the unit's factors: dE/do · do/dz (· 1).
         p = next(p for p in trace.params if p.kind == "b" and p.target == u.name)
         if fused:
             lines.append(
@@ -175,44 +194,40 @@ def _backward(lines: list[str], trace: Trace, d: int) -> None:
                 f"{product([f_out.values, f_act.values], d)} = "
                 f"{fmt_values(u.delta, d)}"
             )
-    for layer in reversed(trace.layers[:-1]):
-        nxt = trace.layers[layer.index]
-        lines.append("")
+
+
+def _hidden_deltas(lines: list[str], trace: Trace, layer: Layer, d: int) -> None:
+    """A hidden layer's delta: the sum over paths (and routes), then matrix form."""
+    lines.append("")
+    lines.append(
+        f"  hidden layer {layer.index}: sum over paths, one term per unit it feeds"
+    )
+    for u in layer.units:
+        symbolic, numbers = path_sum(u, d)
         lines.append(
-            f"  hidden layer {layer.index}: sum over paths, one term per unit it feeds"
+            f"  dE/d{u.name} = {symbolic} = {numbers} = {fmt_values(u.dE_da, d)}"
         )
-        for u in layer.units:
-            symbolic, numbers = path_sum(u, d)
+        if u.routes > len(u.paths):
             lines.append(
-                f"  dE/d{u.name} = {symbolic} = {numbers} = {fmt_values(u.dE_da, d)}"
+                f"      (the same as the sum over all {u.routes} routes from "
+                f"{u.name} to the outputs: {fmt_values(u.routes_sum, d)})"
             )
-            if u.routes > len(u.paths):
-                lines.append(
-                    f"      (the same as the sum over all {u.routes} routes from "
-                    f"{u.name} to the outputs: {fmt_values(u.routes_sum, d)})"
-                )
-            lines.append(
-                f"  dE/d{u.z_name} = dE/d{u.name} · d{u.name}/d{u.z_name} = "
-                f"{fmt_values(u.dE_da, d)} · {paren(u.derivative)} = "
-                f"{fmt_values(u.dE_da, d)} · {fmt_values(u.fprime, d)} = "
-                f"{fmt_values(u.delta, d)}"
-            )
-        lo, hi = layer.index, nxt.index
         lines.append(
-            f"  matrix form (delta rule): delta_{lo} = (delta_{hi} W_{hi}^T) ⊙ "
-            f"f'(z_{lo})"
+            f"  dE/d{u.z_name} = dE/d{u.name} · d{u.name}/d{u.z_name} = "
+            f"{fmt_values(u.dE_da, d)} · {paren(u.derivative)} = "
+            f"{fmt_values(u.dE_da, d)} · {fmt_values(u.fprime, d)} = "
+            f"{fmt_values(u.delta, d)}"
         )
-        for n in range(trace.batch_size):
-            if trace.batch_size > 1:
-                lines.append(f"  example {n + 1}:")
-            rows = delta_rule_rows(trace, layer, n, d)
-            width = max(len(label) for label, _ in rows)
-            lines += [f"    {label:{width}} = {text}" for label, text in rows]
-    if len(trace.layers) > 1:
-        lines.append(
-            "  sum over paths = matrix form = sum over routes: largest difference "
-            f"{trace.max_abs_paths_vs_matrix:.1e}"
-        )
+    lo, hi = layer.index, layer.index + 1
+    lines.append(
+        f"  matrix form (delta rule): delta_{lo} = (delta_{hi} W_{hi}^T) ⊙ f'(z_{lo})"
+    )
+    for n in range(trace.batch_size):
+        if trace.batch_size > 1:
+            lines.append(f"  example {n + 1}:")
+        rows = delta_rule_rows(trace, layer, n, d)
+        width = max(len(label) for label, _ in rows)
+        lines += [f"    {label:{width}} = {text}" for label, text in rows]
 
 
 def _chain_line(p: Param, d: int, batch: int) -> list[str]:
