@@ -6,6 +6,7 @@ import importlib.resources
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -18,6 +19,7 @@ import pytest
 import jaxbp
 from jaxbp import explainer, render
 from jaxbp.explainer import examples, inputs
+from jaxbp.render import diagram
 
 TEXTBOOK = {
     "sizes": (2, 2, 2),
@@ -482,6 +484,7 @@ def test_wheel_declares_the_package_data():
         "jaxbp.explainer.inputs",
         "jaxbp.explainer.trace",
         "jaxbp.render",
+        "jaxbp.render.diagram",
         "jaxbp.render.formatting",
         "jaxbp.render.html",
     ],
@@ -489,3 +492,52 @@ def test_wheel_declares_the_package_data():
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_routes_are_named_only_where_the_page_defines_them():
+    """One hidden layer: routes are the paths, so neither text nor page names them."""
+    trace = _textbook_trace()
+    assert "routes" not in render.render_text(trace)
+    assert "routes" not in render.render_html(trace)
+    assert "sum over paths = matrix form: largest" in render.render_text(trace)
+    net = jaxbp.MLP((2, 3, 2, 2), "tanh", "sigmoid", "mse")
+    with jax.enable_x64(True):
+        params = net.init(jax.random.key(7), dtype=jnp.float64)
+    deep = jaxbp.explain(net, params, [0.5, -1.0], [0.1, 0.9])
+    text, page = render.render_text(deep), render.render_html(deep)
+    assert "(the same as the sum over all 4 routes from h1" in text
+    assert "sum over paths = matrix form = sum over routes: largest" in text
+    assert "over <em>routes</em>: a route runs from the unit through one unit" in page
+    assert "sum over routes agree" in page
+
+
+def test_textbook_example_says_its_biases_are_trained():
+    example = examples.load_example("sigmoid-2-2-2")
+    assert "no biases" not in example.title + example.description
+    assert "biases starting at zero" in example.title
+    trace, _ = examples.explain_example("sigmoid-2-2-2")
+    biases = [p for p in trace.params if p.kind == "b"]
+    assert [p.name for p in biases] == ["b1", "b2", "b3", "b4"]
+    assert all(p.value == 0 and p.updated != 0 for p in biases)
+
+
+def test_a_matrix_shows_one_row_per_line():
+    page = render.render_html(_textbook_trace())
+    assert "[0.45, 0.7;<br>0.4, 0.6]" in page
+
+
+def test_weight_labels_stay_on_their_lines():
+    """Each label is centred on its weight's line (the browser test checks more)."""
+    svg = "\n".join(diagram.network_svg(_textbook_trace(), 8))
+    edges = re.findall(
+        r'data-param="(W\d+)".*?<line x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" '
+        r'y2="([\d.]+)"/>.*?<text x="([\d.]+)" y="([\d.]+)"',
+        svg,
+    )
+    assert [e[0] for e in edges] == [f"W{k}" for k in range(1, 9)]
+    for _, *numbers in edges:
+        x0, y0, x1, y1, x, baseline = map(float, numbers)
+        assert x0 < x < x1
+        # The text's baseline sits 4 below its centre.
+        on_line = y0 + (x - x0) / (x1 - x0) * (y1 - y0)
+        assert baseline - 4 == pytest.approx(on_line, abs=0.11)

@@ -179,13 +179,31 @@ _EQ_EQ_NUMS_N = ["eq", "eq", "nums", "n"]
 
 
 def _row(*cells, param=None, classes=None) -> str:
+    """A table row; a cell of class ``eq`` wraps only between the terms."""
     attr = f' data-param="{param}"' if param else ""
     classes = classes or [""] * len(cells)
     tds = "".join(
-        f'<td class="{c}">{cell}</td>' if c else f"<td>{cell}</td>"
+        f'<td class="{c}">{_terms_together(cell) if c == "eq" else cell}</td>'
+        if c
+        else f"<td>{cell}</td>"
         for cell, c in zip(cells, classes, strict=True)
     )
     return f"<tr{attr}>{tds}</tr>"
+
+
+_OPERATORS = "+\\-=·⊙←−"
+#: A space with no operator beside it: the space inside a term (``W5 h1``).
+_INNER_SPACE = re.compile(rf"(?<=[^\s{_OPERATORS}]) (?=[^\s{_OPERATORS}])")
+
+
+def _terms_together(cell: str) -> str:
+    """Makes the spaces inside terms non-breaking, so a line breaks only at ``+``.
+
+    Examples:
+      >>> _terms_together("z1 = W1 x1 + W2 x2 + b1")
+      'z1 = W1&nbsp;x1 + W2&nbsp;x2 + b1'
+    """
+    return _INNER_SPACE.sub("&nbsp;", cell)
 
 
 def _forward_section(trace: Trace, d: int) -> list[str]:
@@ -279,8 +297,12 @@ def _backward_section(trace: Trace, d: int) -> list[str]:
     for layer in reversed(trace.layers[:-1]):
         out += _hidden_deltas(trace, layer, d)
     if len(trace.layers) > 1:
+        # Routes are defined (in _routes) only where they differ from the paths.
+        forms = "sum over paths and matrix form"
+        if _has_routes(trace):
+            forms = "Sum over paths, matrix form and sum over routes"
         out.append(
-            "<p>Sum over paths, matrix form and sum over routes agree: largest "
+            f"<p>{forms.capitalize()} agree: largest "
             f"difference {_num(f'{trace.max_abs_paths_vs_matrix:.1e}')}.</p>"
         )
     out.append("</section>")
@@ -368,8 +390,10 @@ def _hidden_deltas(trace: Trace, layer: Layer, d: int) -> list[str]:
     for n in range(trace.batch_size):
         label = f"example {n + 1}<br>" if trace.batch_size > 1 else ""
         rows = delta_rule_rows(trace, layer, n, d, prime="′")
+        # One row of a matrix per line.
         body = "".join(
-            f"<div>{math(name)} = {_num(value)}</div>" for name, value in rows
+            f"<div>{math(name)} = {_num(value).replace('; ', ';<br>')}</div>"
+            for name, value in rows
         )
         out.append(f'<div class="matrix">{label}{body}</div>')
     return out
@@ -381,14 +405,24 @@ def _routes(layer: Layer, d: int) -> list[str]:
     if not routes:
         return []
     return [
-        "<p>Unrolled through every later layer, "
+        "<p>Unrolled through every later layer, the sum over paths becomes a sum "
+        "over <em>routes</em>: a route runs from the unit through one unit of each "
+        "later layer to an output, and adds the product of the weights and "
+        "activation slopes along it. "
         + "; ".join(
-            f"{math(f'dE/d{u.name}')} is the sum over {u.routes} routes to the "
-            f"outputs = {_num(fmt_values(u.routes_sum, d))}"
+            f"{math(f'dE/d{u.name}')} is the sum over {u.routes} routes = "
+            f"{_num(fmt_values(u.routes_sum, d))}"
             for u in routes
         )
         + ".</p>"
     ]
+
+
+def _has_routes(trace: Trace) -> bool:
+    """Whether a hidden unit reaches the outputs by more routes than paths."""
+    return any(
+        u.routes > len(u.paths) for layer in trace.layers[:-1] for u in layer.units
+    )
 
 
 def _chain_section(trace: Trace, d: int) -> list[str]:

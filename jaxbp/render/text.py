@@ -164,9 +164,13 @@ def _backward(lines: list[str], trace: Trace, d: int) -> None:
     for layer in reversed(trace.layers[:-1]):
         _hidden_deltas(lines, trace, layer, d)
     if len(trace.layers) > 1:
+        # Routes are named (beside dE/dh) only where they differ from the paths.
+        routes = any(
+            u.routes > len(u.paths) for layer in trace.layers[:-1] for u in layer.units
+        )
+        forms = "sum over paths = matrix form" + (" = sum over routes" * routes)
         lines.append(
-            "  sum over paths = matrix form = sum over routes: largest difference "
-            f"{trace.max_abs_paths_vs_matrix:.1e}"
+            f"  {forms}: largest difference {trace.max_abs_paths_vs_matrix:.1e}"
         )
 
 
