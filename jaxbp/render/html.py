@@ -1,12 +1,14 @@
 """A :class:`~jaxbp.explainer.Trace` as one self-contained web page.
 
-The page needs no network: its style sheet, its script and the network diagram (inline
-SVG) are all in the one file. The diagram labels every unit and weight with its value;
-hovering or clicking a weight highlights every path from it to the loss and its row in
-the chain-rule table. Below come the forward pass, the loss, the backward pass, the
-chain rule weight by weight, the manual gradient beside ``jax.grad``'s and the step,
-each number next to the equation it comes from. A print style sheet drops the
-interactive hints and keeps table rows whole.
+The page needs no network: its style sheet and script (the package data files
+``static/explain.css`` and ``static/explain.js``, copied in) and the network diagram
+(inline SVG, drawn by :mod:`jaxbp.render.diagram`) are all in the one file. The
+diagram labels every unit and weight with its value; hovering or clicking a weight
+highlights every path from it to the loss and its row in the chain-rule table. Below
+come the forward pass, the loss, the backward pass, the chain rule weight by weight,
+the manual gradient beside ``jax.grad``'s and the step, each number next to the
+equation it comes from. A print style sheet drops the interactive hints and keeps
+table rows whole.
 """
 
 import html
