@@ -29,8 +29,8 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
 * ``jaxbp.optim``: optimizers and learning-rate schedules by name;
 * ``jaxbp.explainer``: :func:`explain`, one training step of a small network with
-  every number of the forward pass, the chain rule and the delta rule, as text, JSON
-  or a web page;
+  every number of the forward pass, the chain rule and the delta rule (shown as
+  text, JSON or a web page by ``jaxbp.render``, which this package does not import);
 * ``jaxbp.train`` and ``jaxbp.checkpoint``: training state, compiled step and epoch,
   evaluation, ``fit``, atomic checkpoints;
 * ``jaxbp.config``: :class:`TrainConfig`, the one description of a run, and ``setup``,

@@ -30,10 +30,10 @@ import jax
 import numpy as np
 
 from jaxbp import checkpoint, data, explainer, models, optim, parallel, train
+from jaxbp import cli_explain as explain_command
 from jaxbp._atomic import write_atomically
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.config import DTYPES, TrainConfig, TrainSetup, fit, setup
-from jaxbp.explainer import command as explain_command
 from jaxbp.gradcheck import check_gradients
 from jaxbp.losses import LOSSES
 from jaxbp.mlp import MLP

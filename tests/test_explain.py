@@ -1,7 +1,15 @@
 """jaxbp.explain: the trace of one step against textbook and hand-computed values."""
 
+import doctest
+import importlib
+import importlib.resources
 import json
 import math
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +17,9 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp import explainer
-from jaxbp.explainer import examples, inputs, text
+from jaxbp import explainer, render
+from jaxbp.explainer import examples, inputs
+from jaxbp.render import diagram
 
 TEXTBOOK = {
     "sizes": (2, 2, 2),
@@ -389,7 +398,7 @@ def test_value_lookup_and_json_record():
     assert trace.value("W7") == 0.7 and trace.value("b1") == 0.0
     with pytest.raises(KeyError):
         trace.value("W9")
-    record = json.loads(text.render_json(trace, title="t"))
+    record = json.loads(render.render_json(trace, title="t"))
     assert record["title"] == "t" and record["batch_size"] == 1
     assert record["loss_terms"]["value"] == trace.loss.value
     assert record["params"][4]["name"] == "W5"
@@ -397,7 +406,7 @@ def test_value_lookup_and_json_record():
 
 
 def test_text_shows_every_step():
-    out = explainer.render_text(_textbook_trace())
+    out = render.render_text(_textbook_trace())
     for line in (
         "z1 = W1 x1 + W2 x2 + b1 = 0.3·0.1 + 0.25·0.2 + 0 = 0.08",
         "E1 = 1/2 (o1 - t1)^2 = 1/2 (0.60944600 - 0.4)^2 = 0.02193381",
@@ -413,7 +422,7 @@ def test_text_shows_every_step():
 
 
 def test_html_is_self_contained():
-    page = explainer.render_html(_textbook_trace(), title="2-2-2")
+    page = render.render_html(_textbook_trace(), title="2-2-2")
     assert page.startswith("<!doctype html>")
     lowered = page.lower()
     for external in ("<script src", "<link", "@import", "url(", "http://", "https://"):
@@ -422,3 +431,113 @@ def test_html_is_self_contained():
     for number in ("0.51998934", "0.02397190", "0.02592286", "0.43703857"):
         assert number in page
     assert "@media print" in page
+
+
+# ----------------------------------------------------------------- library and page
+def test_import_jaxbp_loads_no_renderer_cli_or_plotting():
+    """Presentation sits on top: ``import jaxbp`` computes traces but renders none."""
+    code = (
+        "import sys, jaxbp; jaxbp.explain; "
+        "print(sorted(m for m in sys.modules if m.startswith(('jaxbp.render', "
+        "'jaxbp.cli', 'matplotlib'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_old_renderer_names_still_resolve():
+    assert explainer.render_text is render.render_text
+    assert explainer.render_json is render.render_json
+    assert explainer.render_html is render.render_html
+    with pytest.raises(AttributeError):
+        explainer.render_pdf  # noqa: B018
+
+
+@pytest.mark.parametrize("name", ["explain.css", "explain.js"])
+def test_page_style_and_script_are_package_data(name):
+    """The files ship inside the package (a wheel has them) and go into the page."""
+    resource = importlib.resources.files("jaxbp.render") / "static" / name
+    assert resource.is_file(), resource
+    content = resource.read_text(encoding="utf-8")
+    assert len(content) > 500
+    assert content in render.render_html(_textbook_trace())
+
+
+def test_wheel_declares_the_package_data():
+    """pyproject.toml names the data files, so a wheel built from it holds them."""
+    pyproject = tomllib.loads(
+        (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    )
+    declared = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["artifacts"]
+    assert "jaxbp/render/static/*.css" in declared
+    assert "jaxbp/render/static/*.js" in declared
+    assert "jaxbp/explainer/examples/*.json" in declared
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "jaxbp.explainer.examples",
+        "jaxbp.explainer.inputs",
+        "jaxbp.explainer.trace",
+        "jaxbp.render",
+        "jaxbp.render.diagram",
+        "jaxbp.render.formatting",
+        "jaxbp.render.html",
+    ],
+)
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_routes_are_named_only_where_the_page_defines_them():
+    """One hidden layer: routes are the paths, so neither text nor page names them."""
+    trace = _textbook_trace()
+    assert "routes" not in render.render_text(trace)
+    assert "routes" not in render.render_html(trace)
+    assert "sum over paths = matrix form: largest" in render.render_text(trace)
+    net = jaxbp.MLP((2, 3, 2, 2), "tanh", "sigmoid", "mse")
+    with jax.enable_x64(True):
+        params = net.init(jax.random.key(7), dtype=jnp.float64)
+    deep = jaxbp.explain(net, params, [0.5, -1.0], [0.1, 0.9])
+    text, page = render.render_text(deep), render.render_html(deep)
+    assert "(the same as the sum over all 4 routes from h1" in text
+    assert "sum over paths = matrix form = sum over routes: largest" in text
+    assert "over <em>routes</em>: a route runs from the unit through one unit" in page
+    assert "sum over routes agree" in page
+
+
+def test_textbook_example_says_its_biases_are_trained():
+    example = examples.load_example("sigmoid-2-2-2")
+    assert "no biases" not in example.title + example.description
+    assert "biases starting at zero" in example.title
+    trace, _ = examples.explain_example("sigmoid-2-2-2")
+    biases = [p for p in trace.params if p.kind == "b"]
+    assert [p.name for p in biases] == ["b1", "b2", "b3", "b4"]
+    assert all(p.value == 0 and p.updated != 0 for p in biases)
+
+
+def test_a_matrix_shows_one_row_per_line():
+    page = render.render_html(_textbook_trace())
+    assert "[0.45, 0.7;<br>0.4, 0.6]" in page
+
+
+def test_weight_labels_stay_on_their_lines():
+    """Each label is centred on its weight's line (the browser test checks more)."""
+    svg = "\n".join(diagram.network_svg(_textbook_trace(), 8))
+    edges = re.findall(
+        r'data-param="(W\d+)".*?<line x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" '
+        r'y2="([\d.]+)"/>.*?<text x="([\d.]+)" y="([\d.]+)"',
+        svg,
+    )
+    assert [e[0] for e in edges] == [f"W{k}" for k in range(1, 9)]
+    for _, *numbers in edges:
+        x0, y0, x1, y1, x, baseline = map(float, numbers)
+        assert x0 < x < x1
+        # The text's baseline sits 4 below its centre.
+        on_line = y0 + (x - x0) / (x1 - x0) * (y1 - y0)
+        assert baseline - 4 == pytest.approx(on_line, abs=0.11)

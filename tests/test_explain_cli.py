@@ -3,6 +3,10 @@
 import contextlib
 import io
 import json
+import pathlib
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -203,3 +207,51 @@ def test_a_value_starting_with_minus_says_to_join_it_to_its_flag(argv, flag, val
     rc, out, err = _run(*base, "--seed", "0", *joined)
     assert "expected one argument" not in err
     assert rc == 0 or flag == "--sizes", err
+
+
+# ------------------------------------------------------------------ docs/explain.md
+DOCS = pathlib.Path(__file__).parents[1] / "docs"
+
+
+def _blocks(language):
+    """The fenced code blocks of ``docs/explain.md`` in ``language``."""
+    text = (DOCS / "explain.md").read_text()
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.M | re.S)
+
+
+def _commands():
+    for block in _blocks("sh"):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv:
+                yield argv
+
+
+@pytest.mark.parametrize("argv", list(_commands()), ids=" ".join)
+def test_every_command_of_the_explain_page_runs(argv, tmp_path, monkeypatch):
+    (tmp_path / "docs").mkdir()
+    shutil.copy(DOCS / "explain-params.json", tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    assert argv[:2] == ["jaxbp", "explain"]
+    rc, out, err = _run(*argv[2:])
+    assert rc == 0, err
+    assert out
+
+
+def test_the_explain_pages_excerpt_and_json_are_what_jaxbp_writes():
+    (excerpt,) = _blocks("text")
+    _, out, _ = _run("--example", "sigmoid-2-2-2")
+    for line in excerpt.splitlines():
+        if line.strip() != "...":
+            assert line in out.splitlines(), line
+    (params,) = _blocks("json")
+    assert json.loads(params) == json.loads((DOCS / "explain-params.json").read_text())
+    assert len(list(_commands())) >= 7
+
+
+def test_the_explain_pages_python_runs():
+    (code,) = _blocks("python")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/explain.md", "exec"), {})
+    assert "W5 = 0.45 - 0.5 · 0.02592286 = 0.43703857" in out.getvalue()

@@ -3,10 +3,11 @@
 * :mod:`jaxbp.explainer.trace`: :func:`explain` and the :class:`Trace` it returns;
 * :mod:`jaxbp.explainer.examples`: worked examples shipped with jaxbp, checked against
   the numbers their sources publish;
-* :mod:`jaxbp.explainer.inputs`: parameters as JSON, inputs and targets as text;
-* :mod:`jaxbp.explainer.text` and :mod:`jaxbp.explainer.html`: the trace as terminal
-  text, JSON, or one self-contained web page;
-* :mod:`jaxbp.explainer.command`: what ``jaxbp explain`` does, flags in, page out.
+* :mod:`jaxbp.explainer.inputs`: parameters as JSON, inputs and targets as text.
+
+This package computes; it does not present. The trace is written out as terminal
+text, JSON or one web page by :mod:`jaxbp.render`, and ``jaxbp explain`` is the
+command line's (:mod:`jaxbp.cli_explain`).
 """
 
 from jaxbp.explainer.examples import (
@@ -16,14 +17,13 @@ from jaxbp.explainer.examples import (
     explain_example,
     load_example,
 )
-from jaxbp.explainer.html import render_html
-from jaxbp.explainer.inputs import parse_params, read_params
-from jaxbp.explainer.text import render_json, render_text
+from jaxbp.explainer.inputs import InputError, parse_params, read_params
 from jaxbp.explainer.trace import MAX_BATCH, MAX_LAYERS, MAX_UNITS, Trace, explain
 
 __all__ = (
     "Check",
     "Example",
+    "InputError",
     "MAX_BATCH",
     "MAX_LAYERS",
     "MAX_UNITS",
@@ -34,7 +34,16 @@ __all__ = (
     "load_example",
     "parse_params",
     "read_params",
-    "render_html",
-    "render_json",
-    "render_text",
 )
+
+_MOVED_TO_RENDER = ("render_html", "render_json", "render_text")
+
+
+def __getattr__(name: str):
+    # The renderers moved to jaxbp.render; the old names still resolve, loading the
+    # renderers only when asked (so that ``import jaxbp`` does not).
+    if name in _MOVED_TO_RENDER:
+        from jaxbp import render
+
+        return getattr(render, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,9 @@
 
 Every function here turns text into numbers or raises a ``ValueError`` whose message
 names what is wrong and where (``params[1]["w"] row 0 has 3 numbers but row 1 has
-2``), so that ``jaxbp explain`` can print it as one line.
+2``), so that ``jaxbp explain`` can print it as one line. A number list that is wrong
+raises an :class:`InputError` that carries the name of the argument it came in as
+(its ``field``); whoever reads the arguments names it (the command line as a flag).
 """
 
 import json
@@ -10,6 +12,19 @@ import math
 import pathlib
 
 import numpy as np
+
+
+class InputError(ValueError):
+    """A value that cannot be used, and the argument it came in as.
+
+    Attributes:
+      field: the argument's name, e.g. ``"x"``; the message (``str(error)``) says
+        what is wrong with the value without naming it.
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 def parse_params(obj, *, where: str = "params") -> list[dict[str, np.ndarray]]:
@@ -101,14 +116,18 @@ def sizes_of(params: list[dict[str, np.ndarray]]) -> tuple[int, ...]:
     return (params[0]["w"].shape[0], *(p["w"].shape[1] for p in params))
 
 
-def parse_numbers(text: str, *, name: str) -> list[float]:
+def parse_numbers(text: str, *, field: str) -> list[float]:
     """``"0.1,0.2"`` -> ``[0.1, 0.2]``.
 
+    Args:
+      text: comma-separated numbers.
+      field: the name of the argument ``text`` came in as.
+
     Raises:
-      ValueError: naming ``name`` and the item that is not a finite number.
+      InputError: for ``field``, naming the item that is not a finite number.
 
     Examples:
-      >>> parse_numbers("0.1, -2,3e-1", name="--x")
+      >>> parse_numbers("0.1, -2,3e-1", field="x")
       [0.1, -2.0, 0.3]
     """
     values = []
@@ -116,37 +135,54 @@ def parse_numbers(text: str, *, name: str) -> list[float]:
         try:
             value = float(item)
         except ValueError:
-            raise ValueError(
-                f"{name} {text!r}: {item.strip()!r} is not a number (give "
-                "comma-separated numbers such as 0.1,0.2)"
+            raise InputError(
+                field,
+                f"{text!r}: {item.strip()!r} is not a number (give comma-separated "
+                "numbers such as 0.1,0.2)",
             ) from None
         if not math.isfinite(value):
-            raise ValueError(f"{name} {text!r}: {item.strip()} is not finite")
+            raise InputError(field, f"{text!r}: {item.strip()} is not finite")
         values.append(value)
     return values
 
 
-def targets_row(values: list[float], num_outputs: int, *, name: str):
-    """One example's targets: ``num_outputs`` floats, or one integer class label.
+def parse_targets(text: str, num_outputs: int, *, field: str):
+    """One example's targets: ``num_outputs`` numbers, or one integer class label.
+
+    Args:
+      text: comma-separated targets, or one class label.
+      num_outputs: the network's outputs.
+      field: the name of the argument ``text`` came in as.
 
     Returns:
       A float64 array ``(num_outputs,)`` or an ``int`` label.
 
     Raises:
-      ValueError: if the count fits neither form.
+      InputError: for ``field``, if the count fits neither form or the label is out
+        of range.
+
+    Examples:
+      >>> parse_targets("0.4,0.6", 2, field="y").tolist()
+      [0.4, 0.6]
+      >>> parse_targets("1", 3, field="y")  # a class label
+      1
     """
+    values = parse_numbers(text, field=field)
     if len(values) == num_outputs:
         return np.asarray(values, np.float64)
     if len(values) == 1 and num_outputs > 1 and float(values[0]).is_integer():
         label = int(values[0])
         if not 0 <= label < num_outputs:
-            raise ValueError(
-                f"{name}: class label {label} is out of range for {num_outputs} outputs"
+            raise InputError(
+                field,
+                f"{text!r}: class label {label} is out of range for {num_outputs} "
+                "outputs",
             )
         return label
-    raise ValueError(
-        f"{name} has {len(values)} numbers but the network has {num_outputs} outputs "
-        "(give one target per output, or one integer class label)"
+    raise InputError(
+        field,
+        f"{text!r} has {len(values)} numbers but the network has {num_outputs} "
+        "outputs (give one target per output, or one integer class label)",
     )
 
 

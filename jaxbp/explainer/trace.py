@@ -236,8 +236,8 @@ class Trace:
     """One gradient-descent step of a small MLP, every number named.
 
     Build it with :func:`explain`; render it with
-    :func:`jaxbp.explainer.render_text`, :func:`~jaxbp.explainer.render_json` or
-    :func:`~jaxbp.explainer.render_html`.
+    :func:`jaxbp.render.render_text`, :func:`~jaxbp.render.render_json` or
+    :func:`~jaxbp.render.render_html`.
 
     Attributes:
       network: ``str(net)``.

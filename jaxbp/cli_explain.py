@@ -1,9 +1,12 @@
 """What ``jaxbp explain`` does, as a function: flag values in, rendered trace out.
 
-The command line only parses flags and prints; everything a learner can get wrong
-(a parameter file that is not JSON, shapes that do not chain, a network too large to
-read, inputs of the wrong length) is checked here and raised as a ``ValueError`` whose
-message is one line.
+The command line's side of :mod:`jaxbp.explainer`: :mod:`jaxbp.cli` parses the flags
+and prints; everything a learner can get wrong (a parameter file that is not JSON,
+shapes that do not chain, a network too large to read, inputs of the wrong length,
+flags that do not go together) is checked here and raised as a ``ValueError`` whose
+message is one line and names the flag. The library's errors say what is wrong with a
+value; an :class:`~jaxbp.explainer.InputError` carries the argument it came in as,
+and this module names its flag.
 """
 
 from collections.abc import Sequence
@@ -13,11 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.explainer import examples as examples_lib
-from jaxbp.explainer.html import render_html
-from jaxbp.explainer.inputs import parse_numbers, read_params, sizes_of, targets_row
-from jaxbp.explainer.text import render_json, render_text
+from jaxbp.explainer.inputs import (
+    InputError,
+    parse_numbers,
+    parse_targets,
+    read_params,
+    sizes_of,
+)
 from jaxbp.explainer.trace import check_size, explain
 from jaxbp.mlp import MLP
+from jaxbp.render import render_html, render_json, render_text
 
 FORMATS = ("text", "json", "html")
 #: The learning rate when neither ``lr`` nor an example gives one.
@@ -68,7 +76,7 @@ def run(
         raise ValueError(f"--digits must be between 1 and 15, got {digits}")
     if lr is not None and not (np.isfinite(lr) and lr > 0):
         raise ValueError(f"--lr must be a positive number, got {lr}")
-    title = description = source = checks = None
+    ex = checks = None
     if example is not None:
         given = [
             flag
@@ -88,16 +96,27 @@ def run(
             )
         ex = examples_lib.load_example(example)
         trace, checks = examples_lib.explain_example(example, lr=lr)
-        title, description, source = ex.title, ex.description, ex.source
     else:
-        net, params, xb, yb = _problem(
-            sizes, activation, output_activation, loss, params_path, seed, x, y
-        )
+        try:
+            net, params, xb, yb = _problem(
+                sizes, activation, output_activation, loss, params_path, seed, x, y
+            )
+        except InputError as e:
+            raise ValueError(f"--{e.field} {e}") from None
         trace = explain(net, params, xb, yb, lr=DEFAULT_LR if lr is None else lr)
+    out = _render(trace, output_format, digits, example=ex, checks=checks)
+    return out, checks is None or all(c.ok for c in checks)
+
+
+def _render(trace, output_format: str, digits: int, *, example, checks) -> str:
+    """The trace in ``output_format``, with the example's title and checks if any."""
+    title = description = source = None
+    if example is not None:
+        title, description, source = example.title, example.description, example.source
     if output_format == "json":
-        out = render_json(trace, title=title, checks=checks)
-    elif output_format == "html":
-        out = render_html(
+        return render_json(trace, title=title, checks=checks)
+    if output_format == "html":
+        return render_html(
             trace,
             digits=digits,
             title=title,
@@ -105,11 +124,9 @@ def run(
             source=source,
             checks=checks,
         )
-    else:
-        out = render_text(
-            trace, digits=digits, title=title, description=description, checks=checks
-        )
-    return out, checks is None or all(c.ok for c in checks)
+    return render_text(
+        trace, digits=digits, title=title, description=description, checks=checks
+    )
 
 
 def _problem(sizes, activation, output_activation, loss, params_path, seed, x, y):
@@ -147,19 +164,14 @@ def _problem(sizes, activation, output_activation, loss, params_path, seed, x, y
     check_size(net, len(x))
     rows = []
     for n, text in enumerate(x):
-        row = parse_numbers(text, name="--x")
+        row = parse_numbers(text, field="x")
         if len(row) != net.sizes[0]:
             raise ValueError(
                 f"--x {text!r} (example {n + 1}) has {len(row)} numbers but the "
                 f"network has {net.sizes[0]} inputs"
             )
         rows.append(row)
-    targets = [
-        targets_row(
-            parse_numbers(text, name="--y"), net.sizes[-1], name=f"--y {text!r}"
-        )
-        for text in y
-    ]
+    targets = [parse_targets(text, net.sizes[-1], field="y") for text in y]
     kinds = {isinstance(t, int) for t in targets}
     if len(kinds) > 1:
         raise ValueError("give every --y as targets or every --y as a class label")
