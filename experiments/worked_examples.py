@@ -5,7 +5,7 @@ and their published numbers:
 
 1. ``sigmoid-2-2-2``, the textbook 2-2-2 sigmoid network (inputs 0.1, 0.2; targets
    0.4, 0.6; weights 0.3, 0.25, 0.4, 0.35 into the hidden layer and 0.45, 0.4, 0.7,
-   0.6 into the output layer; no biases; loss 1/2 sum (o - t)^2; learning rate 0.5):
+   0.6 into the output layer; biases starting at zero; loss 1/2 sum (o - t)^2; learning rate 0.5):
    every forward value, the loss, the chain rule of every weight and bias (sum over
    paths and matrix form for the hidden layer), the manual (delta rule) and jax.grad
    gradients side by side, and the weights after one gradient-descent step. The
