@@ -5,11 +5,12 @@ and their published numbers:
 
 1. ``sigmoid-2-2-2``, the textbook 2-2-2 sigmoid network (inputs 0.1, 0.2; targets
    0.4, 0.6; weights 0.3, 0.25, 0.4, 0.35 into the hidden layer and 0.45, 0.4, 0.7,
-   0.6 into the output layer; biases starting at zero; loss 1/2 sum (o - t)^2; learning rate 0.5):
-   every forward value, the loss, the chain rule of every weight and bias (sum over
-   paths and matrix form for the hidden layer), the manual (delta rule) and jax.grad
-   gradients side by side, and the weights after one gradient-descent step. The
-   published values are checked; the script exits 1 if they do not reproduce.
+   0.6 into the output layer; biases starting at zero; loss 1/2 sum (o - t)^2;
+   learning rate 0.5): every forward value, the loss, the chain rule of every weight
+   and bias (sum over paths and matrix form for the hidden layer), the manual (delta
+   rule) and jax.grad gradients side by side, and the weights after one
+   gradient-descent step. The published values are checked; the script exits 1 if
+   they do not reproduce.
 2. ``linear-regression``, y = 2x + 1 on x = 1..4 from w = b = 0: the first step as
    ``jaxbp explain`` shows it (checked against the values worked by hand), then plain
    full-batch gradient descent (learning rate 0.01, 1000 epochs, mse), once with the
