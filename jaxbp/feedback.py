@@ -115,8 +115,9 @@ def check_supported(net: Net, rule: str) -> None:
     """
     check_rule(rule)
     if not dense_layers(net):
-        raise ValueError(f"{rule} replaces the backward matrix of Dense layers; {net} "
-                         "has none")  # fmt: skip
+        raise ValueError(
+            f"{rule} replaces the backward matrix of Dense layers; {net} has none"
+        )
     if rule != "direct-feedback-alignment" or isinstance(net, MLP):
         return
     shapes = _param_shapes(net)
