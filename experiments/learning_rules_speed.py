@@ -38,7 +38,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=None, help="rounds (default 5; 2 with --quick)"
     )
+    parser.add_argument(
+        "--networks",
+        default=",".join(NETWORKS),
+        help="comma-separated network names to time (default: all)",
+    )
     args = parser.parse_args(argv)
+    names = args.networks.split(",")
+    unknown = sorted(set(names) - set(NETWORKS))
+    if unknown:
+        parser.error(f"unknown networks {unknown}; choose from {list(NETWORKS)}")
     repeats = args.repeats or (2 if args.quick else 5)
     n = 6400 if args.quick else 60000
     environment = _common.environment()
@@ -47,7 +56,8 @@ def main(argv=None) -> int:
     y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
     optimizer = optim.make_optimizer("adam", 1e-3)
     results = []
-    for name, (net, rules) in NETWORKS.items():
+    for name in names:
+        net, rules = NETWORKS[name]
         fns = {}
         for grad in ("manual", *rules):
             state = train.init_train_state(net, optimizer, jax.random.key(0), grad=grad)
@@ -87,7 +97,12 @@ def main(argv=None) -> int:
         "environment": environment,
         "results": results,
     }
-    path = _common.write_json(args.out / "learning_rules_speed.json", record)
+    suffix = (
+        ""
+        if len(names) == len(NETWORKS)
+        else "_" + "_".join(n.split()[0] for n in names)
+    )
+    path = _common.write_json(args.out / f"learning_rules_speed{suffix}.json", record)
     print(f"wrote {path}")
     return 0
 
