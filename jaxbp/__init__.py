@@ -25,6 +25,9 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
   ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
   rule;
+* ``jaxbp.feedback``: learning rules whose backward pass does not use ``W^T``
+  (feedback alignment, direct feedback alignment, sign symmetry) and their alignment
+  with the true gradient;
 * ``jaxbp.parallel``: meshes and shardings for data-parallel training;
 * ``jaxbp.validation``: the checks of parameters, inputs and batches ``MLP`` runs;
 * ``jaxbp.optim``: optimizers and learning-rate schedules by name;
@@ -44,6 +47,7 @@ from jaxbp import checkpoint
 from jaxbp import config
 from jaxbp import data
 from jaxbp import explainer
+from jaxbp import feedback
 from jaxbp import finite_differences
 from jaxbp import gradcheck
 from jaxbp import layers
@@ -72,6 +76,8 @@ from jaxbp.data import one_hot
 from jaxbp.data import to_float
 from jaxbp.explainer import Trace
 from jaxbp.explainer import explain
+from jaxbp.feedback import init_feedback
+from jaxbp.feedback import value_and_feedback_grad
 from jaxbp.gradcheck import GradCheckReport
 from jaxbp.gradcheck import assert_grad_matches
 from jaxbp.gradcheck import assert_gradients_agree
@@ -124,12 +130,14 @@ __all__ = (
     "data",
     "explain",
     "explainer",
+    "feedback",
     "finite_difference_grad",
     "finite_differences",
     "fit",
     "get_activation",
     "get_loss",
     "gradcheck",
+    "init_feedback",
     "init_train_state",
     "layers",
     "load_checkpoint",
@@ -156,4 +164,5 @@ __all__ = (
     "to_float",
     "train",
     "validation",
+    "value_and_feedback_grad",
 )

@@ -3,10 +3,11 @@
 A checkpoint holds the parameters under their key paths (``params/0/w``,
 ``params/0/b``, ..., ``params/4/1/w`` for the second layer of a residual block that
 is layer 5), a :class:`~jaxbp.Sequential`'s running statistics the same way
-(``model_state/1/mean``), the flattened optimizer state, the step, the PRNG key data
-and a JSON ``meta`` record (the network spec, an MLP's sizes and activations or a
-Sequential's canonical layer spec, and whatever the caller adds, such as the training
-config and history). :func:`load_params` needs nothing but the file;
+(``model_state/1/mean``), a learning rule's fixed feedback matrices the same way
+(``feedback/1``, :mod:`jaxbp.feedback`), the flattened optimizer state, the step, the
+PRNG key data and a JSON ``meta`` record (the network spec, an MLP's sizes and
+activations or a Sequential's canonical layer spec, and whatever the caller adds, such
+as the training config and history). :func:`load_params` needs nothing but the file;
 :func:`restore_train_state` puts the optimizer state back into the structure of a
 template state made the same way as the one saved.
 
@@ -87,7 +88,7 @@ def save_checkpoint(
     """
     path = pathlib.Path(path)
     arrays: dict[str, np.ndarray] = {}
-    for prefix in ("params", "model_state"):
+    for prefix in ("params", "model_state", "feedback"):
         for key_path, leaf in jax.tree.leaves_with_path(getattr(state, prefix)):
             arrays[_name(prefix, key_path)] = np.asarray(leaf)
     opt_leaves = jax.tree.leaves(state.opt_state)
@@ -271,9 +272,13 @@ def restore_train_state(
             f"expects {len(template.params)}"
         )
     model_state = _model_state(arrays, net, path)
+    fb = None
+    if template.feedback is not None:
+        fb = _named_tree(arrays, "feedback", template.feedback, path)
     for name, saved_tree, want_tree in (
         ("parameters", params, template.params),
         ("running statistics", model_state, template.model_state),
+        ("feedback matrices", fb, template.feedback),
     ):
         if jax.tree.structure(saved_tree) != jax.tree.structure(want_tree):
             raise CheckpointError(
@@ -316,6 +321,7 @@ def restore_train_state(
         step=jnp.asarray(step, jnp.int32),
         key=key,
         model_state=model_state,
+        feedback=fb,
     )
     return state, meta
 

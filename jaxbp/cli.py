@@ -273,10 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--grad",
-        choices=train.GRAD_KINDS,
+        choices=train.GRADS,
         default=d.grad,
-        help="gradient: the hand-derived delta rule (manual) or jax.grad (autodiff) "
+        help="gradient: the hand-derived delta rule (manual) or jax.grad (autodiff); "
+        "or a learning rule whose backward pass does not use W^T, its fixed random "
+        "feedback drawn from --seed: feedback-alignment (Lillicrap et al. 2016), "
+        "direct-feedback-alignment (Nokland 2016), sign-symmetry (Liao et al. 2016); "
+        "a rule is measured against jax.grad after every epoch "
         "(default: %(default)s)",
+    )
+    tr.add_argument(
+        "--align-every",
+        type=_positive_int,
+        default=d.align_every,
+        metavar="K",
+        help="with a learning rule, also measure its angle to jax.grad on the batch "
+        "of every K-th step (counted in the epoch time) (default: every epoch only)",
     )
     tr.add_argument(
         "--optimizer",
@@ -541,8 +553,46 @@ def _write_json(path: pathlib.Path, record: dict) -> None:
     write_atomically(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
+def _alignment_note(log: train.EpochLog) -> str:
+    """``  dW angle 74,61 deg``: a rule's hidden layers' update angles to jax.grad
+    (the output layer's is exact); nothing for backprop."""
+    if log.alignment is None:
+        return ""
+    angles = log.alignment["update_angle"][:-1]
+    shown = ",".join("-" if a is None else f"{a:.0f}" for a in angles)
+    return f"  dW angle {shown} deg" if angles else ""
+
+
+def _plot_alignment(ax, history: list[dict]) -> None:
+    """The update angle to jax.grad of each hidden Dense layer over the steps."""
+    num = len(history[0]["alignment"]["update_angle"]) - 1
+    for layer in range(num):
+        color = f"C{layer}"
+        rows = [r for h in history for r in h.get("alignment_steps", [])]
+        if rows:
+            ax.plot(
+                [r["step"] for r in rows],
+                [r["update_angle"][layer] for r in rows],
+                "-",
+                color=color,
+                alpha=0.6,
+            )
+        ax.plot(
+            [h["step"] for h in history],
+            [h["alignment"]["update_angle"][layer] for h in history],
+            "o",
+            color=color,
+            label=f"Dense layer {layer + 1}",
+        )
+    ax.axhline(90, color="0.6", lw=0.8, ls="--")
+    ax.set(xlabel="step", ylabel="degrees", title="update angle to jax.grad")
+    ax.set_ylim(0, 100)
+    ax.legend()
+
+
 def _plot_curves(path: pathlib.Path, history: list[dict], title: str) -> bool:
-    """Writes loss and accuracy per epoch to ``path``; False without matplotlib."""
+    """Writes loss and accuracy per epoch to ``path`` (and a learning rule's update
+    angles to the true gradient); False without matplotlib."""
     try:
         import matplotlib
 
@@ -551,7 +601,12 @@ def _plot_curves(path: pathlib.Path, history: list[dict], title: str) -> bool:
     except ImportError:
         return False
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    aligned = bool(history) and "alignment" in history[0]
+    if aligned:
+        fig, (ax_loss, ax_acc, ax_align) = plt.subplots(1, 3, figsize=(15, 4))
+        _plot_alignment(ax_align, history)
+    else:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -774,7 +829,8 @@ def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
         _write_json(out / "metrics.json", record)
 
     def on_epoch(state, log: train.EpochLog):
-        history.append(log._asdict())
+        # Backprop runs record no alignment: their history keeps its old keys.
+        history.append({k: v for k, v in log._asdict().items() if v is not None})
         checkpoint.save_checkpoint(
             ckpt_path,
             state,
@@ -787,7 +843,7 @@ def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
                 f"epoch {log.epoch:>3}/{config.epochs}  train loss "
                 f"{log.train_loss:.4f}  test loss {log.test_loss:.4f}  test acc "
                 f"{log.test_accuracy:.4f}  {log.epoch_time_s:6.2f} s  "
-                f"{log.samples_per_s:>9,.0f} samples/s",
+                f"{log.samples_per_s:>9,.0f} samples/s{_alignment_note(log)}",
                 flush=True,
             )
 

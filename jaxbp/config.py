@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import data, models, optim, train
+from jaxbp import data, feedback, models, optim, train
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.layers import LayerShapeError
 from jaxbp.losses import LOSSES
@@ -63,7 +63,10 @@ class TrainConfig:
       output_activation: the MLP's output activation; ``softmax_cross_entropy``
         needs ``identity``.
       loss: the objective (:mod:`jaxbp.losses`), the mean over the batch.
-      grad: ``manual`` (the hand-derived delta rule) or ``autodiff`` (``jax.grad``).
+      grad: ``manual`` (the hand-derived delta rule), ``autodiff`` (``jax.grad``),
+        or a learning rule of :mod:`jaxbp.feedback`: ``feedback-alignment``,
+        ``direct-feedback-alignment`` or ``sign-symmetry`` (its feedback matrices
+        drawn from ``seed``).
       optimizer: one of :data:`jaxbp.optim.OPTIMIZERS`.
       lr: the (peak) learning rate; ``None`` (the default) takes the optimizer's
         default from :data:`jaxbp.optim.DEFAULT_LEARNING_RATES`, and the config then
@@ -86,6 +89,9 @@ class TrainConfig:
         stored as its canonical spec. Its input is the dataset's flat ``(784,)``
         pixels and its last layer must give one output per class. ``"mlp"`` is
         ``None``.
+      align_every: with a learning rule, also measure its alignment with the true
+        gradient every this many steps (:func:`jaxbp.train.fit`); ``None``: after
+        every epoch only.
 
     Raises:
       ValueError: naming the setting, if any is unknown or out of range, or if
@@ -108,6 +114,7 @@ class TrainConfig:
     dp_clip: float | None = None
     dp_noise: float = 0.0
     model: str | None = None
+    align_every: int | None = None
 
     def __post_init__(self):
         def setting(name, value):
@@ -127,7 +134,7 @@ class TrainConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("output_activation", self.output_activation, ACTIVATIONS)
         _choice("loss", self.loss, LOSSES)
-        _choice("grad", self.grad, train.GRAD_KINDS)
+        _choice("grad", self.grad, train.GRADS)
         _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         _choice("schedule", self.schedule, optim.SCHEDULES)
         _choice("dtype", self.dtype, DTYPES)
@@ -160,10 +167,21 @@ class TrainConfig:
                 f"dp_noise {self.dp_noise:g} needs dp_clip: the noise is scaled by "
                 "the clipping norm"
             )
+        if self.align_every is not None:
+            if not _is_int(self.align_every) or self.align_every <= 0:
+                _invalid("align_every", self.align_every, "a positive integer or None")
+            if self.grad not in feedback.RULES:
+                raise ValueError(
+                    f"align_every measures a learning rule against the true gradient; "
+                    f"it needs grad to be one of {', '.join(feedback.RULES)}, got "
+                    f"{self.grad!r}"
+                )
+            setting("align_every", int(self.align_every))
         if isinstance(self.model, str) and self.model.strip().lower() == "mlp":
             setting("model", None)
         if self.model is None:
-            _ = self.mlp  # checks that the loss and the output activation fit
+            # Checks that the loss and the output activation fit, and the rule.
+            train.check_supported(self.mlp, dp=self.dp, grad=self.grad)
         else:
             self._check_model()
 
@@ -195,7 +213,7 @@ class TrainConfig:
             ) from None
         except ValueError as e:
             raise ValueError(f"model does not fit the {self.loss} loss: {e}") from None
-        train.check_supported(net, dp=self.dp)
+        train.check_supported(net, dp=self.dp, grad=self.grad)
         classes = data.dataset_spec(self.dataset).num_classes
         if net.num_outputs != classes:
             raise ValueError(
@@ -412,7 +430,11 @@ def setup(
         total_steps=config.epochs * steps_per_epoch,
     )
     state = train.init_train_state(
-        net, optimizer, jax.random.key(config.seed), dtype=jnp.dtype(config.dtype)
+        net,
+        optimizer,
+        jax.random.key(config.seed),
+        dtype=jnp.dtype(config.dtype),
+        grad=config.grad,
     )
     return TrainSetup(config, net, optimizer, state, train_data, test_data)
 
@@ -457,4 +479,5 @@ def fit(
         mesh=mesh,
         dp=config.dp,
         on_progress=on_progress,
+        align_every=config.align_every,
     )

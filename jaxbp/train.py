@@ -5,7 +5,12 @@ The training state is a :class:`TrainState` ``NamedTuple`` of ``params``,
 function here is pure and returns a new state. The gradient comes from either the
 hand-derived backward pass (``grad="manual"``, :meth:`jaxbp.MLP.value_and_manual_grad`)
 or autodiff (``grad="autodiff"``, ``jax.value_and_grad(net.loss)``), and any optax
-``GradientTransformation`` applies it.
+``GradientTransformation`` applies it. A learning rule of :mod:`jaxbp.feedback`
+(``grad="feedback-alignment"``, ``"direct-feedback-alignment"`` or
+``"sign-symmetry"``) takes the gradient's place: its fixed feedback matrices are
+drawn from the seed by :func:`init_train_state`, live in ``TrainState.feedback`` and
+never change, and :func:`fit` measures the rule against ``jax.grad`` after every
+epoch (and every ``align_every`` steps inside the epoch when asked).
 
 The network is an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`. A Sequential's
 BatchNorm running statistics are ``model_state``: each step trains on the batch's own
@@ -40,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbp import feedback as rules
 from jaxbp import parallel, per_example
 from jaxbp.layers import BatchNorm, Conv2D, Dropout, Residual
 from jaxbp.mlp import MLP, Params
@@ -48,8 +54,16 @@ from jaxbp.sequential import Sequential
 Array = jax.Array
 Net = MLP | Sequential
 
-#: The gradient sources a training step can use.
+#: The sources of the true gradient a training step can use.
 GRAD_KINDS = ("manual", "autodiff")
+
+#: Everything a training step's ``grad`` takes: the true gradient
+#: (:data:`GRAD_KINDS`) or a learning rule of :mod:`jaxbp.feedback` in its place.
+GRADS = (*GRAD_KINDS, *rules.RULES)
+
+#: How many training examples (the first ones) :func:`fit` measures a learning rule's
+#: alignment with the true gradient on after every epoch.
+ALIGN_EXAMPLES = 1000
 
 #: How :func:`make_train_epoch` runs an epoch's steps (:func:`default_loop`).
 LOOPS = ("scan", "host")
@@ -69,6 +83,10 @@ PROGRESS_INTERVAL_S = 1.0
 #: :func:`dropout_key`); any fixed number not used by another stream.
 _DROPOUT_STREAM = 0x44524F50  # "DROP"
 
+#: Folded into the seed's key to draw a learning rule's feedback matrices, so that
+#: the parameters and shuffles are those of a backprop run from the same seed.
+_FEEDBACK_STREAM = 0x46424B  # "FBK"
+
 
 class TrainState(NamedTuple):
     """Everything that changes during training.
@@ -82,6 +100,9 @@ class TrainState(NamedTuple):
       model_state: a :class:`~jaxbp.Sequential`'s non-trained state (BatchNorm's
         running statistics, :meth:`~jaxbp.Sequential.init_state`); ``None`` for an
         MLP.
+      feedback: a learning rule's fixed feedback matrices
+        (:func:`jaxbp.feedback.init_feedback`), which never change; ``None`` for
+        backprop and sign symmetry.
     """
 
     params: Params
@@ -89,6 +110,7 @@ class TrainState(NamedTuple):
     step: Array
     key: Array
     model_state: Any = None
+    feedback: Any = None
 
 
 class DivergenceError(FloatingPointError):
@@ -102,37 +124,53 @@ def init_train_state(
     *,
     dtype=jnp.float32,
     params: Params | None = None,
+    grad: str = "manual",
+    feedback: list | None = None,
 ) -> TrainState:
     """Initial training state: fresh (or given) parameters and optimizer state.
 
     Args:
       net: the network spec.
       optimizer: an optax ``GradientTransformation``.
-      key: PRNG key; split into the parameter initialisation and the shuffling key.
+      key: PRNG key; split into the parameter initialisation and the shuffling key
+        (and, for a learning rule, folded with a fixed stream id to draw its
+        feedback matrices, so that parameters and shuffles are those of backprop
+        from the same key).
       dtype: parameter dtype for fresh parameters.
       params: start from these parameters instead of ``net.init``.
+      grad: the gradient the state will train with (:data:`GRADS`); a rule
+        of :mod:`jaxbp.feedback` that stores feedback matrices gets them here.
+      feedback: the rule's matrices to use instead of drawing them.
 
     Returns:
       A :class:`TrainState` at step 0 (with a Sequential's initial
       ``model_state`` in the parameters' dtype).
     """
+    value_and_grad_fn(net, grad)  # validate `grad` eagerly
     init_key, shuffle_key = jax.random.split(key)
     if params is None:
         params = net.init(init_key, dtype=dtype)
     else:
         net.check_params(params)
+    leaves = jax.tree.leaves(params)
+    params_dtype = jnp.result_type(leaves[0]) if leaves else dtype
     model_state = None
     if isinstance(net, Sequential):
-        leaves = jax.tree.leaves(params)
-        model_state = net.init_state(
-            dtype=jnp.result_type(leaves[0]) if leaves else dtype
-        )
+        model_state = net.init_state(dtype=params_dtype)
+    if grad in rules.RULES:
+        if feedback is None:
+            fb_key = jax.random.fold_in(key, _FEEDBACK_STREAM)
+            feedback = rules.init_feedback(net, fb_key, grad, dtype=params_dtype)
+        rules.check_feedback(net, params, feedback, grad)
+    elif feedback is not None:
+        raise ValueError(f"feedback matrices need a learning rule, not grad={grad!r}")
     return TrainState(
         params=params,
         opt_state=optimizer.init(params),
         step=jnp.zeros((), jnp.int32),
         key=shuffle_key,
         model_state=model_state,
+        feedback=feedback,
     )
 
 
@@ -170,9 +208,17 @@ def _uses(net: Net, kind) -> bool:
 
 
 def check_supported(
-    net: Net, *, dp: "DPConfig | None" = None, mesh: jax.sharding.Mesh | None = None
+    net: Net,
+    *,
+    dp: "DPConfig | None" = None,
+    mesh: jax.sharding.Mesh | None = None,
+    grad: str = "manual",
 ) -> None:
     """Raises ``ValueError`` for a combination the training step cannot run.
+
+    A learning rule of :mod:`jaxbp.feedback` trains on one device without DP-SGD,
+    and direct feedback alignment only networks whose layers with parameters are
+    all Dense (:func:`jaxbp.feedback.check_supported`).
 
     DP-SGD needs per-example gradients, which :mod:`jaxbp.per_example` gives an MLP
     and a Sequential without BatchNorm (:func:`jaxbp.per_example.check_per_example`
@@ -180,6 +226,14 @@ def check_supported(
     statistics and Dropout's masks would differ from those of the whole batch on one
     device (a Sequential without them trains on a mesh like an MLP).
     """
+    if grad in rules.RULES:
+        rules.check_supported(net, grad)
+        if dp is not None or mesh is not None:
+            which = "DP-SGD" if dp is not None else "data-parallel training"
+            raise ValueError(
+                f"{which} is not supported with the learning rule {grad}; train it "
+                "on one device without dp_clip"
+            )
     if dp is not None:
         try:
             per_example.check_per_example(net)
@@ -200,12 +254,14 @@ def check_supported(
                 )
 
 
-def value_and_grad_fn(net: Net, grad: str) -> Callable:
-    """``(params, x, y) -> (loss, grads)`` by the hand-derived rule or by autodiff.
+def value_and_grad_fn(net: Net, grad: str, feedback=None) -> Callable:
+    """``(params, x, y) -> (loss, grads)`` by the hand-derived rule or by autodiff,
+    or a learning rule's ``(loss, updates)``.
 
     Args:
       net: the network spec.
-      grad: ``"manual"`` or ``"autodiff"``.
+      grad: one of :data:`GRADS`.
+      feedback: a learning rule's matrices (``TrainState.feedback``).
 
     Raises:
       ValueError: for any other ``grad``.
@@ -214,7 +270,13 @@ def value_and_grad_fn(net: Net, grad: str) -> Callable:
         return net.value_and_manual_grad
     if grad == "autodiff":
         return jax.value_and_grad(net.loss)
-    raise ValueError(f"grad must be one of {GRAD_KINDS}, got {grad!r}")
+    if grad in rules.RULES:
+        return functools.partial(_rule_value_and_grad, net, feedback, grad)
+    raise ValueError(f"grad must be one of {GRADS}, got {grad!r}")
+
+
+def _rule_value_and_grad(net, feedback, rule, params, x, y):
+    return rules.value_and_feedback_grad(net, params, feedback, x, y, rule)
 
 
 def replicate_train_state(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
@@ -269,6 +331,27 @@ def _sequential_value_and_grad(net: Sequential, grad: str, state: TrainState, x,
 
 def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=None):
     """One optimisation step on a batch; returns the new state and the batch loss."""
+    if grad in rules.RULES:
+        # The rule's update in the gradient's place; its feedback never changes.
+        key = dropout_key(state.key, state.step) if _uses(net, Dropout) else None
+        (loss, model_state), updates = rules.value_and_feedback_grad_with_state(
+            net,
+            state.params,
+            state.feedback,
+            x,
+            y,
+            grad,
+            state=state.model_state,
+            key=key,
+        )
+        updates, opt_state = optimizer.update(updates, state.opt_state, state.params)
+        new_state = state._replace(
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+            step=state.step + 1,
+            model_state=model_state,
+        )
+        return new_state, loss
     if isinstance(net, Sequential) and mesh is None and dp is None:
         # Running statistics in, updated statistics out; a key for Dropout.
         loss, grads, model_state = _sequential_value_and_grad(net, grad, state, x, y)
@@ -325,7 +408,9 @@ def make_train_step(
     Args:
       net: the network spec.
       optimizer: an optax ``GradientTransformation``.
-      grad: ``"manual"`` (hand-derived delta rule) or ``"autodiff"`` (``jax.grad``).
+      grad: ``"manual"`` (hand-derived delta rule), ``"autodiff"`` (``jax.grad``),
+        or a learning rule of :mod:`jaxbp.feedback` (with ``state.feedback`` from
+        :func:`init_train_state`).
       mesh: split each batch over the ``"data"`` axis of this mesh; ``state`` must be
         replicated on it (:func:`replicate_train_state`). The batch may be a global
         array assembled from process-local rows (:func:`jaxbp.parallel.global_batch`)
@@ -343,7 +428,7 @@ def make_train_step(
     """
     value_and_grad_fn(net, grad)  # validate `grad` eagerly
     _check_dp(dp)
-    check_supported(net, dp=dp, mesh=mesh)
+    check_supported(net, dp=dp, mesh=mesh, grad=grad)
 
     @jax.jit
     def train_step(state: TrainState, batch):
@@ -367,6 +452,7 @@ def make_train_epoch(
     on_steps: Callable[[int, int], None] | None = None,
     report_every: int | None = None,
     loop: str = "scan",
+    align_every: int | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
     """A jitted epoch ``(state, x, y) -> (state, {"loss": (num_batches,)})``.
 
@@ -386,7 +472,7 @@ def make_train_epoch(
       net: the network spec.
       optimizer: an optax ``GradientTransformation``.
       batch_size: examples per step.
-      grad: ``"manual"`` or ``"autodiff"``.
+      grad: ``"manual"``, ``"autodiff"`` or a learning rule (:data:`GRADS`).
       mesh: split each batch over the ``"data"`` axis of this mesh. ``state``, ``x``
         and ``y`` must be replicated on it (:func:`replicate_train_state`,
         :func:`jaxbp.parallel.replicate`); each device gathers its own rows of every
@@ -401,6 +487,12 @@ def make_train_epoch(
         ``ceil(num_batches / REPORTS_PER_EPOCH)``.
       loop: ``"scan"`` (one compiled program per epoch) or ``"host"`` (one per
         step; not with a ``mesh``).
+      align_every: with a learning rule of :mod:`jaxbp.feedback`, measure it
+        against ``jax.grad`` (:func:`jaxbp.feedback.alignment`) on the batch of
+        every step whose global step count (before it) is a multiple of this,
+        before the update; the metrics then hold ``"step"`` (each step's count
+        before it) and ``"alignment"``, a dict of ``(num_batches, num_dense)``
+        arrays, ``nan`` on the steps not measured. Only with ``loop="scan"``.
 
     Returns:
       The compiled epoch. ``x`` is ``(N, *input_shape)`` float (or ``uint8``
@@ -414,7 +506,17 @@ def make_train_epoch(
     """
     value_and_grad_fn(net, grad)
     _check_dp(dp)
-    check_supported(net, dp=dp, mesh=mesh)
+    check_supported(net, dp=dp, mesh=mesh, grad=grad)
+    if align_every is not None:
+        if grad not in rules.RULES:
+            raise ValueError(
+                f"align_every measures a learning rule against the true gradient; "
+                f"grad must be one of {', '.join(rules.RULES)}, got {grad!r}"
+            )
+        if isinstance(align_every, bool) or not align_every > 0:
+            raise ValueError(f"align_every must be positive, got {align_every}")
+        if loop == "host":
+            raise ValueError('align_every needs loop="scan"')
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if mesh is not None:
@@ -435,14 +537,28 @@ def make_train_epoch(
         order = _shuffled_indices(key, n)[: num_batches * batch_size]
         return order.reshape(num_batches, batch_size), next_key
 
+    def batch(state: TrainState, x: Array, y: Array, idx: Array):
+        """The examples ``idx`` of ``(x, y)``, pixels as floats."""
+        if mesh is None:
+            return _as_float(x[idx], state.params), y[idx]
+        xb, yb = parallel.take_rows((x, y), idx, mesh)
+        return _as_float(xb, state.params), yb
+
     def step(state: TrainState, x: Array, y: Array, idx: Array):
         """One step on the examples ``idx`` of ``(x, y)``."""
-        if mesh is None:
-            xb, yb = _as_float(x[idx], state.params), y[idx]
-        else:
-            xb, yb = parallel.take_rows((x, y), idx, mesh)
-            xb = _as_float(xb, state.params)
+        xb, yb = batch(state, x, y, idx)
         return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp)
+
+    def measure(state: TrainState, x: Array, y: Array, idx: Array) -> dict:
+        """The rule's alignment on this step's batch, or ``nan`` between
+        measurements (only the measured branch runs)."""
+        xb, yb = batch(state, x, y, idx)
+        shape = jax.eval_shape(lambda: align_metrics(net, grad, state, xb, yb))
+        return jax.lax.cond(
+            state.step % align_every == 0,
+            lambda: align_metrics(net, grad, state, xb, yb),
+            lambda: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shape),
+        )
 
     def default_every(num_batches: int) -> int:
         return report_every or -(-num_batches // REPORTS_PER_EPOCH)
@@ -460,13 +576,16 @@ def make_train_epoch(
             every = default_every(num_batches)
 
         def body(state, idx):
-            state, loss = step(state, x, y, idx)
+            out = {}
+            if align_every is not None:
+                out = {"step": state.step, "alignment": measure(state, x, y, idx)}
+            state, out["loss"] = step(state, x, y, idx)
             if on_steps is not None:
                 _report(on_steps, state.step - first_step, num_batches, every)
-            return state, loss
+            return state, out
 
-        state, losses = jax.lax.scan(body, state, order)
-        return state._replace(key=next_key), {"loss": losses}
+        state, metrics = jax.lax.scan(body, state, order)
+        return state._replace(key=next_key), metrics
 
     return train_epoch
 
@@ -500,6 +619,13 @@ class _HostLoopEpoch:
                 loss.block_until_ready()  # report steps done, not steps dispatched
                 self._on_steps(i + 1, num_batches)
         return state._replace(key=next_key), {"loss": jnp.stack(losses)}
+
+
+def align_metrics(net: Net, grad: str, state: TrainState, x: Array, y: Array) -> dict:
+    """:func:`jaxbp.feedback.alignment` of the rule ``grad`` in ``state`` on a batch
+    of float inputs (with the step's Dropout key, as the step itself draws it)."""
+    key = dropout_key(state.key, state.step) if _uses(net, Dropout) else None
+    return rules.alignment(net, state.params, state.feedback, x, y, grad, key=key)
 
 
 def default_loop(net: Net, grad: str, mesh: jax.sharding.Mesh | None = None) -> str:
@@ -667,6 +793,12 @@ class EpochLog(NamedTuple):
       test_accuracy: accuracy on the evaluation set (``nan`` without one).
       epoch_time_s: wall time of the training epoch, compilation excluded.
       samples_per_s: examples trained per second in that time.
+      alignment: for a learning rule, :func:`jaxbp.feedback.alignment` after the
+        epoch on the first :data:`ALIGN_EXAMPLES` training examples: each metric a
+        list with one number per Dense layer (``None`` where undefined); ``None``
+        for backprop.
+      alignment_steps: with ``align_every``, the measurements inside the epoch:
+        one dict per measured step, ``{"step": count before it, metric: [...]}``.
     """
 
     epoch: int
@@ -676,6 +808,26 @@ class EpochLog(NamedTuple):
     test_accuracy: float
     epoch_time_s: float
     samples_per_s: float
+    alignment: dict | None = None
+    alignment_steps: list | None = None
+
+
+def _per_layer(values) -> list:
+    """A host list of one metric's per-layer values, ``nan`` as ``None`` (JSON)."""
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values)]
+
+
+def _step_alignments(metrics: dict) -> list[dict] | None:
+    """The measured rows of an epoch's per-step alignment metrics."""
+    if "alignment" not in metrics:
+        return None
+    steps = np.asarray(metrics["step"])
+    table = {k: np.asarray(v) for k, v in metrics["alignment"].items()}
+    measured = ~np.all(np.isnan(table["update_angle"]), axis=1)
+    return [
+        {"step": int(steps[i]), **{k: _per_layer(v[i]) for k, v in table.items()}}
+        for i in np.flatnonzero(measured)
+    ]
 
 
 class EpochProgress(NamedTuple):
@@ -713,6 +865,7 @@ def fit(
     dp: DPConfig | None = None,
     on_progress: Callable[[EpochProgress], None] | None = None,
     loop: str | None = None,
+    align_every: int | None = None,
 ) -> tuple[TrainState, list[EpochLog], dict]:
     """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
 
@@ -727,7 +880,7 @@ def fit(
       train_data: ``(x, y)``, ``x`` ``(N, *input_shape)`` float or ``uint8``.
       epochs: the epoch to stop after (counting from the start of training).
       batch_size: examples per step.
-      grad: ``"manual"`` or ``"autodiff"``.
+      grad: ``"manual"``, ``"autodiff"`` or a learning rule (:data:`GRADS`).
       test_data: optional ``(x, y)`` to evaluate on after each epoch.
       start_epoch: how many epochs ``state`` has already trained (to resume).
       eval_batch_size: evaluation batch size.
@@ -745,6 +898,11 @@ def fit(
         progress. It must return quickly; the results do not depend on it.
       loop: how an epoch runs its steps (:func:`make_train_epoch`); ``None``: as
         :func:`default_loop` says for this network, gradient and backend.
+      align_every: with a learning rule, also measure it against ``jax.grad``
+        every this many steps inside the epoch (:func:`make_train_epoch`; the
+        epoch time then includes the measurements). With a rule, the alignment on
+        the first :data:`ALIGN_EXAMPLES` training examples is measured after every
+        epoch regardless, outside the epoch time.
 
     Returns:
       ``(state, logs, timing)``: the final state, one :class:`EpochLog` per epoch run,
@@ -773,6 +931,7 @@ def fit(
         dp=dp,
         on_steps=None if on_progress is None else on_steps,
         loop=default_loop(net, grad, mesh) if loop is None else loop,
+        align_every=align_every,
     )
     steps_per_epoch = x.shape[0] // batch_size
     # Steps between progress reports (the epoch's fourth argument): a fifth of the
@@ -793,6 +952,15 @@ def fit(
         evaluate = make_evaluate(net, batch_size=eval_batch_size, mesh=mesh)
         evaluate = evaluate.lower(state.params, xt, yt, state.model_state).compile()
         timing["eval_compile_s"] = time.perf_counter() - t0
+    align = None
+    if grad in rules.RULES:
+        # A fixed batch, so that the epochs' measurements are comparable.
+        xa, ya = x[:ALIGN_EXAMPLES], y[:ALIGN_EXAMPLES]
+
+        @jax.jit
+        def align(state):
+            return align_metrics(net, grad, state, _as_float(xa, state.params), ya)
+
     trained_per_epoch = steps_per_epoch * batch_size
     logs = []
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -828,6 +996,11 @@ def fit(
             epoch_time_s=elapsed,
             samples_per_s=trained_per_epoch / elapsed,
         )
+        if align is not None:
+            log = log._replace(
+                alignment={k: _per_layer(v) for k, v in align(state).items()},
+                alignment_steps=_step_alignments(metrics),
+            )
         logs.append(log)
         if on_epoch is not None:
             on_epoch(state, log)

@@ -27,9 +27,10 @@ SCRIPTS = (
     "training_curves",
     "per_example_bench",
     "gradcheck_speed",
+    "learning_rules_speed",
 )
 #: Scripts that need the real MNIST/Fashion-MNIST files (``JAXBP_DATA_DIR``).
-DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy")
+DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy", "learning_rules")
 TIMEOUT_S = 600
 
 
