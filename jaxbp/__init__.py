@@ -22,6 +22,8 @@ model -> gradients -> train -> CLI):
   and finite differences, leaf by leaf; a package of ``inputs`` (validation),
   ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
   ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
+* ``jaxbp.curvature``: second order by hand: Hessian- and Gauss-Newton-vector
+  products by the R-operator;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
   ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
   rule;
@@ -42,6 +44,7 @@ from jaxbp import activations
 from jaxbp import backward
 from jaxbp import checkpoint
 from jaxbp import config
+from jaxbp import curvature
 from jaxbp import data
 from jaxbp import explainer
 from jaxbp import finite_differences
@@ -66,6 +69,8 @@ from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
 from jaxbp.config import TrainConfig
 from jaxbp.config import TrainSetup
+from jaxbp.curvature import ggn_vp
+from jaxbp.curvature import hvp
 from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
@@ -121,6 +126,7 @@ __all__ = (
     "clipped_grad",
     "compare_grads",
     "config",
+    "curvature",
     "data",
     "explain",
     "explainer",
@@ -129,7 +135,9 @@ __all__ = (
     "fit",
     "get_activation",
     "get_loss",
+    "ggn_vp",
     "gradcheck",
+    "hvp",
     "init_train_state",
     "layers",
     "load_checkpoint",

@@ -1,0 +1,19 @@
+"""Second order by hand: curvature products, diagonals and Kronecker factors.
+
+Each quantity is derived layer by layer and written out, with no autodiff, and checked
+against ``jax`` in the tests:
+
+* :mod:`jaxbp.curvature.network`: an ``MLP`` or ``Sequential`` network as a chain of
+  layers, and the layers refused (LayerNorm, BatchNorm, Dropout);
+* :mod:`jaxbp.curvature.rop`: Pearlmutter's R-operator of every layer, the forward
+  and backward R-passes;
+* :mod:`jaxbp.curvature.products`: :func:`hvp` and :func:`ggn_vp`.
+"""
+
+from jaxbp.curvature.products import ggn_vp as ggn_vp
+from jaxbp.curvature.products import hvp as hvp
+
+__all__ = (
+    "ggn_vp",
+    "hvp",
+)
