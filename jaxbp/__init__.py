@@ -23,7 +23,7 @@ model -> gradients -> train -> CLI):
   ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
   ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
 * ``jaxbp.curvature``: second order by hand: Hessian- and Gauss-Newton-vector
-  products by the R-operator;
+  products by the R-operator, and ``check_hvp``, their checker;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
   ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
   rule;
@@ -69,6 +69,8 @@ from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
 from jaxbp.config import TrainConfig
 from jaxbp.config import TrainSetup
+from jaxbp.curvature import assert_hvp_matches
+from jaxbp.curvature import check_hvp
 from jaxbp.curvature import ggn_vp
 from jaxbp.curvature import hvp
 from jaxbp.data import load_dataset
@@ -119,9 +121,11 @@ __all__ = (
     "activations",
     "assert_grad_matches",
     "assert_gradients_agree",
+    "assert_hvp_matches",
     "backward",
     "check_grad",
     "check_gradients",
+    "check_hvp",
     "checkpoint",
     "clipped_grad",
     "compare_grads",

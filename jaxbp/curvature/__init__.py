@@ -7,13 +7,20 @@ against ``jax`` in the tests:
   layers, and the layers refused (LayerNorm, BatchNorm, Dropout);
 * :mod:`jaxbp.curvature.rop`: Pearlmutter's R-operator of every layer, the forward
   and backward R-passes;
-* :mod:`jaxbp.curvature.products`: :func:`hvp` and :func:`ggn_vp`.
+* :mod:`jaxbp.curvature.products`: :func:`hvp` and :func:`ggn_vp`;
+* :mod:`jaxbp.curvature.check`: :func:`check_hvp` and :func:`assert_hvp_matches`,
+  any Hessian-vector product against autodiff and finite differences of
+  ``jax.grad``, leaf by leaf.
 """
 
+from jaxbp.curvature.check import assert_hvp_matches as assert_hvp_matches
+from jaxbp.curvature.check import check_hvp as check_hvp
 from jaxbp.curvature.products import ggn_vp as ggn_vp
 from jaxbp.curvature.products import hvp as hvp
 
 __all__ = (
+    "assert_hvp_matches",
+    "check_hvp",
     "ggn_vp",
     "hvp",
 )
