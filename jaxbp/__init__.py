@@ -23,7 +23,8 @@ model -> gradients -> train -> CLI):
   ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
   ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
 * ``jaxbp.curvature``: second order by hand: Hessian- and Gauss-Newton-vector
-  products by the R-operator, and ``check_hvp``, their checker;
+  products by the R-operator, the diagonals of the Gauss-Newton matrix and of the
+  Hessian, and ``check_hvp``, a checker of Hessian-vector products;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
   ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
   rule;
@@ -71,6 +72,9 @@ from jaxbp.config import TrainConfig
 from jaxbp.config import TrainSetup
 from jaxbp.curvature import assert_hvp_matches
 from jaxbp.curvature import check_hvp
+from jaxbp.curvature import diag_ggn
+from jaxbp.curvature import diag_ggn_mc
+from jaxbp.curvature import diag_hessian
 from jaxbp.curvature import ggn_vp
 from jaxbp.curvature import hvp
 from jaxbp.data import load_dataset
@@ -132,6 +136,9 @@ __all__ = (
     "config",
     "curvature",
     "data",
+    "diag_ggn",
+    "diag_ggn_mc",
+    "diag_hessian",
     "explain",
     "explainer",
     "finite_difference_grad",

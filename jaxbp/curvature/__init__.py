@@ -8,6 +8,8 @@ against ``jax`` in the tests:
 * :mod:`jaxbp.curvature.rop`: Pearlmutter's R-operator of every layer, the forward
   and backward R-passes;
 * :mod:`jaxbp.curvature.products`: :func:`hvp` and :func:`ggn_vp`;
+* :mod:`jaxbp.curvature.diag`: :func:`diag_ggn` (exact), :func:`diag_ggn_mc`
+  (Monte Carlo) and :func:`diag_hessian` (MLPs);
 * :mod:`jaxbp.curvature.check`: :func:`check_hvp` and :func:`assert_hvp_matches`,
   any Hessian-vector product against autodiff and finite differences of
   ``jax.grad``, leaf by leaf.
@@ -15,12 +17,18 @@ against ``jax`` in the tests:
 
 from jaxbp.curvature.check import assert_hvp_matches as assert_hvp_matches
 from jaxbp.curvature.check import check_hvp as check_hvp
+from jaxbp.curvature.diag import diag_ggn as diag_ggn
+from jaxbp.curvature.diag import diag_ggn_mc as diag_ggn_mc
+from jaxbp.curvature.diag import diag_hessian as diag_hessian
 from jaxbp.curvature.products import ggn_vp as ggn_vp
 from jaxbp.curvature.products import hvp as hvp
 
 __all__ = (
     "assert_hvp_matches",
     "check_hvp",
+    "diag_ggn",
+    "diag_ggn_mc",
+    "diag_hessian",
     "ggn_vp",
     "hvp",
 )
