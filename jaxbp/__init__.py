@@ -24,7 +24,8 @@ model -> gradients -> train -> CLI):
   ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
 * ``jaxbp.curvature``: second order by hand: Hessian- and Gauss-Newton-vector
   products by the R-operator, the diagonals of the Gauss-Newton matrix and of the
-  Hessian, and ``check_hvp``, a checker of Hessian-vector products;
+  Hessian, Kronecker factors (KFLR, KFAC, KFC), and ``check_hvp``, a checker of
+  Hessian-vector products;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
   ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
   rule;
@@ -77,6 +78,7 @@ from jaxbp.curvature import diag_ggn_mc
 from jaxbp.curvature import diag_hessian
 from jaxbp.curvature import ggn_vp
 from jaxbp.curvature import hvp
+from jaxbp.curvature import kfac_factors
 from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
@@ -150,6 +152,7 @@ __all__ = (
     "gradcheck",
     "hvp",
     "init_train_state",
+    "kfac_factors",
     "layers",
     "load_checkpoint",
     "load_dataset",

@@ -10,6 +10,8 @@ against ``jax`` in the tests:
 * :mod:`jaxbp.curvature.products`: :func:`hvp` and :func:`ggn_vp`;
 * :mod:`jaxbp.curvature.diag`: :func:`diag_ggn` (exact), :func:`diag_ggn_mc`
   (Monte Carlo) and :func:`diag_hessian` (MLPs);
+* :mod:`jaxbp.curvature.kfac`: :func:`kfac_factors`, the Kronecker factors of
+  every Dense (KFLR, Monte-Carlo KFAC) and Conv2D layer (KFC);
 * :mod:`jaxbp.curvature.check`: :func:`check_hvp` and :func:`assert_hvp_matches`,
   any Hessian-vector product against autodiff and finite differences of
   ``jax.grad``, leaf by leaf.
@@ -20,6 +22,7 @@ from jaxbp.curvature.check import check_hvp as check_hvp
 from jaxbp.curvature.diag import diag_ggn as diag_ggn
 from jaxbp.curvature.diag import diag_ggn_mc as diag_ggn_mc
 from jaxbp.curvature.diag import diag_hessian as diag_hessian
+from jaxbp.curvature.kfac import kfac_factors as kfac_factors
 from jaxbp.curvature.products import ggn_vp as ggn_vp
 from jaxbp.curvature.products import hvp as hvp
 
@@ -31,4 +34,5 @@ __all__ = (
     "diag_hessian",
     "ggn_vp",
     "hvp",
+    "kfac_factors",
 )
