@@ -247,3 +247,21 @@ def test_doctests():
     from jaxbp.curvature import products
 
     assert doctest.testmod(products).failed == 0
+
+
+def test_readme_example_runs_as_written():
+    # In a subprocess: the example turns on float64 for the whole process.
+    import pathlib
+    import subprocess
+    import sys
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Second order by hand", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = section.split("prints\n\n```\n", 1)[1].split("```", 1)[0]
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    got, want = run.stdout.splitlines(), printed.splitlines()
+    assert float(got[0].split(":")[1]) <= 1e-14  # rounding differs by machine
+    assert got[1:] == want[1:]
