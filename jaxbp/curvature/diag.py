@@ -10,9 +10,11 @@ Hessian in the output (:func:`jaxbp.losses.hessian_factor`, ``K`` columns), the 
 
 so its diagonal is the sum over examples and columns of squared *per-example*
 gradients: each column ``s_k`` of the factor is backpropagated as the output cotangent
-by the ordinary delta rule, and each layer squares its per-example parameter gradient
-(:mod:`jaxbp.per_example_layers`; for a dense layer ``(x_i (x) delta_i)^2 =
-x_i^2 (x) delta_i^2``, never materialised). This is BackPACK's DiagGGN (Dangel, Kunstner
+by the ordinary delta rule (all ``K`` at once, as ``K`` times the batch), and each
+layer squares its per-example parameter gradient (:mod:`jaxbp.per_example_layers`).
+For a dense layer ``(x_i (x) delta_ik)^2 = x_i^2 (x) delta_ik^2`` is never
+materialised, and the sum over columns comes first: ``(x^2)^T sum_k delta_k^2``, one
+product per layer. This is BackPACK's DiagGGN (Dangel, Kunstner
 & Hennig 2020): ``K`` backward passes, one per class.
 
 **Monte Carlo.** Replacing ``S_i`` by ``C_i``, whose columns are loss gradients at
@@ -32,8 +34,12 @@ Dangel et al. 2020, "Modular block-diagonal curvature approximations"):
 
 the residual term ``f'' * dL/da`` (absent from the GGN) included; and since
 ``z_i = x_i W + b``, the diagonal of the Hessian in ``W`` is
-``sum_i x_i^2 (x) diag(M_{z,i})``. Each example's ``M`` is a full ``n x n`` matrix, so
-this is for MLPs of moderate width.
+``sum_i x_i^2 (x) diag(M_{z,i})``. Each example's ``M`` is kept as signed columns,
+``M = sum_c sign_c f_c f_c^T``: the loss factor's ``K`` columns, multiplied by ``f'``
+and ``W`` on the way down, and for each smooth activation ``n`` more,
+``sqrt|r_j| e_j`` with the sign of ``r = f'' * dL/da`` (BackPACK's DiagHessian). A
+network of piecewise-linear activations keeps ``K`` columns and costs what
+:func:`diag_ggn` does; each smooth layer adds its width.
 """
 
 import jax
@@ -49,31 +55,45 @@ from jaxbp.per_example_layers import expand_deltas, map_layers, per_example_grad
 
 Array = jax.Array
 
+#: Activations with f'' = 0: no residual term, so their Hessian columns stay few.
+PIECEWISE_LINEAR = ("identity", "relu", "leaky_relu")
 
-def _squared_grads_summed(layer, params, cache, delta):
-    """``sum_i (dl_i/dtheta)^2`` of one layer from per-example cotangents."""
+
+def _column_squares(layer, params, cache, delta):
+    """One column's squares: per example ``delta^2`` for a Dense layer (its input's
+    ``x^2`` is applied once, after the sum over columns), else ``sum_i
+    (dl_i/dtheta)^2`` from the materialised per-example gradients."""
     if not jax.tree.leaves(params):
         return params
     if isinstance(layer, Dense):
-        x = cache
-        # (x_i (x) delta_i)^2 summed over i = (x^2)^T delta^2 ;  bias: sum_i delta_i^2
-        return {"w": (x * x).T @ (delta * delta), "b": jnp.sum(delta * delta, axis=0)}
+        return {"delta2": delta * delta}
     grads = per_example_grads((layer,), [params], [cache], [delta])[0]
     return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads)
+
+
+def _finish(layer, params, cache, summed):
+    """A Dense layer's diagonal from ``sum_k delta_k^2``; the others' as summed."""
+    if not isinstance(layer, Dense):
+        return summed
+    x, d2 = cache, summed["delta2"]  # d2 = sum_k delta_ik^2, (B, m)
+    # sum_{i,k} (x_i (x) delta_ik)^2 = (x^2)^T sum_k delta_k^2 ; bias: sum_{i,k} delta^2
+    return {"w": (x * x).T @ d2, "b": jnp.sum(d2, axis=0)}
 
 
 def _diag_from_factor(chain, cp, caches, factor: Array, batch: int):
     """``(1/B) sum_{i,k} (J_i^T c_ik)^2`` for the columns ``c_k`` of ``factor``."""
 
-    def column(total, c_k):
+    def column(c_k):
         # the column as the output cotangent, carried down by the delta rule
         _, _, deltas = chain_backward(chain.layers, cp, caches, c_k)
         deltas = expand_deltas(chain.layers, cp, caches, deltas)
-        squares = map_layers(_squared_grads_summed, chain.layers, cp, caches, deltas)
-        return jax.tree.map(jnp.add, total, squares), None
+        return map_layers(_column_squares, chain.layers, cp, caches, deltas)
 
-    zeros = jax.tree.map(jnp.zeros_like, cp)
-    total, _ = jax.lax.scan(column, zeros, jnp.moveaxis(factor, -1, 0))
+    # every column at once: one backward pass with K times the batch's rows
+    summed = jax.tree.map(
+        lambda t: jnp.sum(t, axis=0), jax.vmap(column, in_axes=-1)(factor)
+    )
+    total = map_layers(_finish, chain.layers, cp, caches, summed)
     return chain.from_chain(jax.tree.map(lambda t: t / batch, total))
 
 
@@ -172,8 +192,12 @@ def diag_hessian(net, params, x: Array, y: Array):
     cp = chain.to_chain(params)
     out, caches, _ = chain_forward(chain.layers, cp, x, train=True)
     b = out.shape[0]
-    factor = hessian_factor(net.objective, out, targets)
-    hess = jnp.einsum("bik,bjk->bij", factor, factor) / b  # M = H_l / B per example
+    # M = sum_c sign_c f_c f_c^T per example: the columns f (B, n, c) and their
+    # signs (B, c), starting from the loss's factor, M_out = S S^T / B
+    cols = hessian_factor(net.objective, out, targets) / jnp.sqrt(
+        jnp.asarray(b, out.dtype)
+    )
+    signs = jnp.ones((b, cols.shape[-1]), out.dtype)
     grad = net.loss_fn.grad_out(out, targets) / b  # dL/dout
     diags = [None] * len(chain.layers)
     for i in range(len(chain.layers) - 1, -1, -1):
@@ -181,19 +205,25 @@ def diag_hessian(net, params, x: Array, y: Array):
         if isinstance(layer, Activation):
             z, a = cache
             d1 = activation_backward(layer.name, z, a, jnp.ones_like(z))  # f'(z)
-            # M_z = f'(z) M_a f'(z) + diag(f''(z) dL/da)
-            hess = d1[:, :, None] * hess * d1[:, None, :]
-            residual = second_derivative(layer.name, z, a) * grad
-            hess = hess + jax.vmap(jnp.diag)(residual)
+            cols = d1[:, :, None] * cols  # f'(z) M_a f'(z): each column times f'
+            if layer.name not in PIECEWISE_LINEAR:
+                # + diag(r), r = f''(z) dL/da: the columns sqrt|r_j| e_j, sign(r_j)
+                r = second_derivative(layer.name, z, a) * grad
+                eye = jnp.eye(r.shape[1], dtype=r.dtype)[None]
+                cols = jnp.concatenate(
+                    [cols, jnp.sqrt(jnp.abs(r))[:, :, None] * eye], -1
+                )
+                signs = jnp.concatenate([signs, jnp.sign(r)], axis=1)
             grad = d1 * grad  # dL/dz = f'(z) dL/da
             diags[i] = {}
         else:
             x_in = cache
-            m_diag = jnp.diagonal(hess, axis1=1, axis2=2)  # d^2 L / dz_im^2, (B, m)
+            # diag(M_z) = sum_c sign_c f_c^2, (B, m)
+            m_diag = jnp.einsum("bmc,bc->bm", cols * cols, signs)
             # d^2 L / dW_jm^2 = sum_i x_ij^2 M_z[i, m, m] ;  d^2 L / db_m^2 = sum_i M
             diags[i] = {"w": (x_in * x_in).T @ m_diag, "b": jnp.sum(m_diag, axis=0)}
             if i:
                 w = p["w"]
-                hess = jnp.einsum("jm,bmn,kn->bjk", w, hess, w)  # M_x = W M_z W^T
+                cols = jnp.einsum("jm,bmc->bjc", w, cols)  # M_x = W M_z W^T
                 grad = grad @ w.T  # dL/dx = dL/dz W^T
     return chain.from_chain(diags)

@@ -131,12 +131,10 @@ def kfac_factors(net, params, x: Array, y: Array, key=None, *, samples: int = 1)
         deltas = expand_deltas(chain.layers, cp, caches, deltas)
         return map_layers(_output_factor, chain.layers, cp, caches, deltas)
 
-    def column(total, c_k):
-        return jax.tree.map(jnp.add, total, terms(c_k)), None
-
-    shapes = jax.eval_shape(terms, factor[..., 0])
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    g_sums, _ = jax.lax.scan(column, zeros, jnp.moveaxis(factor, -1, 0))
+    # every column at once: one backward pass with K (or samples) times the rows
+    g_sums = jax.tree.map(
+        lambda t: jnp.sum(t, axis=0), jax.vmap(terms, in_axes=-1)(factor)
+    )
     a_sums = _inputs(chain.layers, caches)
     # A = (1/B) sum_i a_i a_i^T ;  G = (1/B) sum_i sum_k g_ik g_ik^T
     merged = jax.tree.map(

@@ -27,6 +27,7 @@ functions and jit with the network spec static.
 """
 
 import jax
+import jax.numpy as jnp
 
 from jaxbp.curvature.network import check_supported
 from jaxbp.curvature.rop import chain_r_backward, chain_r_forward
@@ -45,10 +46,10 @@ def check_direction(params, v, what: str) -> None:
         )
     paths = jax.tree_util.tree_flatten_with_path(params)[0]
     for (path, p), u in zip(paths, jax.tree.leaves(v), strict=True):
-        if jax.numpy.shape(p) != jax.numpy.shape(u):
+        if jnp.shape(p) != jnp.shape(u):
             raise ValueError(
                 f"{what}: v{jax.tree_util.keystr(path)} has shape "
-                f"{jax.numpy.shape(u)}, params has {jax.numpy.shape(p)}"
+                f"{jnp.shape(u)}, params has {jnp.shape(p)}"
             )
 
 

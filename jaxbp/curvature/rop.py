@@ -53,7 +53,7 @@ from jaxbp.layers import (
 )
 from jaxbp.layers.dense import dense, dense_input_grad, dense_param_grads
 from jaxbp.layers.elementwise import activation_backward
-from jaxbp.layers.windows import window_views
+from jaxbp.layers.windows import resolve_padding, window_views
 
 Array = jax.Array
 
@@ -67,7 +67,7 @@ def _add(a: Array | None, b: Array | None) -> Array | None:
 
 def _max_pool_chosen(layer: MaxPool2D, x: Array, y: Array, rx: Array) -> Array:
     """``R{y}``: ``R{x}`` at each window's first maximum (the backward's choice)."""
-    pads = layer._pads(x.shape)
+    pads = resolve_padding(layer.padding, x.shape[1:3], layer.window, layer.stride)
     views = window_views(x, layer.window, layer.stride, pads, fill=-jnp.inf)
     r_views = window_views(rx, layer.window, layer.stride, pads)
     taken = jnp.zeros(y.shape, bool)
