@@ -23,10 +23,10 @@ BATCH = 5
 #: smaller than the window), a residual block, reshaping, smooth activations.
 CONV_LAYERS = (
     Reshape((6, 6, 1)),
-    Conv2D(3, 3, padding="SAME"),
+    Conv2D(3, 2, padding="SAME"),
     Activation("tanh"),
     MaxPool2D(2),
-    Residual([Conv2D(3, 3, padding="SAME"), Activation("gelu")]),
+    Residual([Conv2D(3, 2, padding="SAME"), Activation("gelu")]),
     AvgPool2D(2, stride=1),
     Flatten(),
     Dense(4),
