@@ -204,10 +204,10 @@ def _elu_second(z: Array, a: Array) -> Array:
 
 
 def _softplus_second(z: Array, a: Array) -> Array:
-    # f' = sigmoid(z)  =>  f'' = sigmoid(z) (1 - sigmoid(z))
+    # f' = sigmoid(z)  =>  f'' = sigmoid(z) (1 - sigmoid(z)) = sigmoid(z) sigmoid(-z),
+    # the second form without 1 - sigmoid(z)'s cancellation for large z
     del a
-    s = jax.nn.sigmoid(z)
-    return s * (1 - s)
+    return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
 
 
 def _gelu_second(z: Array, a: Array) -> Array:
@@ -216,6 +216,10 @@ def _gelu_second(z: Array, a: Array) -> Array:
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
     return (2 - z * z) * pdf
 
+
+#: The activations with ``f'' = 0`` everywhere (at their kink too): no second-order
+#: term of their own in a Hessian.
+PIECEWISE_LINEAR = frozenset({"identity", "relu", "leaky_relu"})
 
 #: ``f''(z, a)`` of every activation, by name.
 SECOND_DERIVATIVES: dict[str, Callable[[Array, Array], Array]] = {

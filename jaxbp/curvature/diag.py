@@ -45,7 +45,7 @@ network of piecewise-linear activations keeps ``K`` columns and costs what
 import jax
 import jax.numpy as jnp
 
-from jaxbp.activations import second_derivative
+from jaxbp.activations import PIECEWISE_LINEAR, second_derivative
 from jaxbp.curvature.network import check_supported
 from jaxbp.layers import Activation, Dense
 from jaxbp.layers.base import chain_backward, chain_forward
@@ -54,9 +54,6 @@ from jaxbp.losses import hessian_factor, sampled_hessian_factor
 from jaxbp.per_example_layers import expand_deltas, map_layers, per_example_grads
 
 Array = jax.Array
-
-#: Activations with f'' = 0: no residual term, so their Hessian columns stay few.
-PIECEWISE_LINEAR = ("identity", "relu", "leaky_relu")
 
 
 def _column_squares(layer, params, cache, delta):

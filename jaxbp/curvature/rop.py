@@ -40,7 +40,7 @@ the first layer skips the products with it, as the gradient skips ``dL/dx``.
 import jax
 import jax.numpy as jnp
 
-from jaxbp.activations import second_derivative
+from jaxbp.activations import PIECEWISE_LINEAR, second_derivative
 from jaxbp.layers import (
     Activation,
     AvgPool2D,
@@ -161,7 +161,7 @@ def r_backward(layer, params, v, cache, rcache, dy: Array, rdy: Array):
         z, a = cache
         rz = rcache
         rdz = activation_backward(layer.name, z, a, rdy)  # f'(z) R{da}
-        if rz is not None and layer.name not in ("identity", "relu", "leaky_relu"):
+        if rz is not None and layer.name not in PIECEWISE_LINEAR:
             # R{dz} = f'(z) R{da} + f''(z) R{z} da   (f'' = 0 if piecewise linear)
             rdz = rdz + second_derivative(layer.name, z, a) * rz * dy
         return {}, rdz
