@@ -22,11 +22,15 @@ from jaxbp import MLP, Sequential
 from jaxbp.activations import ACTIVATIONS
 from jaxbp.curvature import ggn_vp, hvp
 from jaxbp.layers import (
+    Activation,
     BatchNorm,
+    Conv2D,
     Dense,
     Dropout,
     Flatten,
     LayerNorm,
+    MaxPool2D,
+    Reshape,
     Residual,
 )
 
@@ -265,3 +269,21 @@ def test_readme_example_runs_as_written():
     got, want = run.stdout.splitlines(), printed.splitlines()
     assert float(got[0].split(":")[1]) <= 1e-14  # rounding differs by machine
     assert got[1:] == want[1:]
+
+
+def test_max_pool_ties_after_relu_agree_with_jax():
+    # Dead ReLUs make windows of equal zeros: the R-pass takes R{x} at each window's
+    # first maximum, the element the backward (and jax) choose.
+    with jax.enable_x64(True):
+        layers = (Reshape((6, 6, 2)), Conv2D(3, 2, padding="SAME"),
+                  Activation("relu"), MaxPool2D(2), Flatten(), Dense(3))  # fmt: skip
+        net = Sequential(layers, input_shape=(72,))
+        params, x, y, v = setup(net, jnp.float64)
+        params[1]["b"] = params[1]["b"] - 1.0
+        out = jax.nn.relu(net.layers[1].forward(params[1], x.reshape(-1, 6, 6, 2))[0])
+        assert float(jnp.mean(out == 0)) > 0.5  # ties are common
+        for mine, ref in ((jit_hvp, jit_ref_hvp), (jit_ggn_vp, jit_ref_ggn_vp)):
+            assert (
+                rel_error(mine(net, params, x, y, v), ref(net, params, x, y, v))
+                <= 1e-10
+            )
