@@ -12,6 +12,8 @@ against ``jax`` in the tests:
   (Monte Carlo) and :func:`diag_hessian` (MLPs);
 * :mod:`jaxbp.curvature.kfac`: :func:`kfac_factors`, the Kronecker factors of
   every Dense (KFLR, Monte-Carlo KFAC) and Conv2D layer (KFC);
+* :mod:`jaxbp.curvature.kfac_optim`: :func:`scale_by_kfac`, a damped K-FAC
+  preconditioner as an optax transformation that takes the batch;
 * :mod:`jaxbp.curvature.check`: :func:`check_hvp` and :func:`assert_hvp_matches`,
   any Hessian-vector product against autodiff and finite differences of
   ``jax.grad``, leaf by leaf.
@@ -23,10 +25,13 @@ from jaxbp.curvature.diag import diag_ggn as diag_ggn
 from jaxbp.curvature.diag import diag_ggn_mc as diag_ggn_mc
 from jaxbp.curvature.diag import diag_hessian as diag_hessian
 from jaxbp.curvature.kfac import kfac_factors as kfac_factors
+from jaxbp.curvature.kfac_optim import ScaleByKFACState as ScaleByKFACState
+from jaxbp.curvature.kfac_optim import scale_by_kfac as scale_by_kfac
 from jaxbp.curvature.products import ggn_vp as ggn_vp
 from jaxbp.curvature.products import hvp as hvp
 
 __all__ = (
+    "ScaleByKFACState",
     "assert_hvp_matches",
     "check_hvp",
     "diag_ggn",
@@ -35,4 +40,5 @@ __all__ = (
     "ggn_vp",
     "hvp",
     "kfac_factors",
+    "scale_by_kfac",
 )
