@@ -22,6 +22,10 @@ model -> gradients -> train -> CLI):
   and finite differences, leaf by leaf; a package of ``inputs`` (validation),
   ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
   ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
+* ``jaxbp.curvature``: second order by hand: Hessian- and Gauss-Newton-vector
+  products by the R-operator, the diagonals of the Gauss-Newton matrix and of the
+  Hessian, Kronecker factors (KFLR, KFAC, KFC), and ``check_hvp``, a checker of
+  Hessian-vector products;
 * ``jaxbp.per_example``: per-example gradients, their norms, DP-SGD clipping, for an
   ``MLP`` or a ``Sequential``; ``jaxbp.per_example_layers``: each layer's per-example
   rule;
@@ -45,6 +49,7 @@ from jaxbp import activations
 from jaxbp import backward
 from jaxbp import checkpoint
 from jaxbp import config
+from jaxbp import curvature
 from jaxbp import data
 from jaxbp import explainer
 from jaxbp import feedback
@@ -70,6 +75,14 @@ from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
 from jaxbp.config import TrainConfig
 from jaxbp.config import TrainSetup
+from jaxbp.curvature import assert_hvp_matches
+from jaxbp.curvature import check_hvp
+from jaxbp.curvature import diag_ggn
+from jaxbp.curvature import diag_ggn_mc
+from jaxbp.curvature import diag_hessian
+from jaxbp.curvature import ggn_vp
+from jaxbp.curvature import hvp
+from jaxbp.curvature import kfac_factors
 from jaxbp.data import load_dataset
 from jaxbp.data import load_xy
 from jaxbp.data import one_hot
@@ -120,14 +133,20 @@ __all__ = (
     "activations",
     "assert_grad_matches",
     "assert_gradients_agree",
+    "assert_hvp_matches",
     "backward",
     "check_grad",
     "check_gradients",
+    "check_hvp",
     "checkpoint",
     "clipped_grad",
     "compare_grads",
     "config",
+    "curvature",
     "data",
+    "diag_ggn",
+    "diag_ggn_mc",
+    "diag_hessian",
     "explain",
     "explainer",
     "feedback",
@@ -136,9 +155,12 @@ __all__ = (
     "fit",
     "get_activation",
     "get_loss",
+    "ggn_vp",
     "gradcheck",
+    "hvp",
     "init_feedback",
     "init_train_state",
+    "kfac_factors",
     "layers",
     "load_checkpoint",
     "load_dataset",

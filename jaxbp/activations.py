@@ -170,3 +170,87 @@ def get_activation(name: str) -> Activation:
         raise ValueError(
             f"unknown activation {name!r}; choose one of: {known}"
         ) from None
+
+
+# --------------------------------------------------------------- second derivatives
+# f''(z), written out by hand for the curvature of :mod:`jaxbp.curvature` (the
+# R-operator's backward pass and the Hessian diagonal), each as a function of
+# ``(z, a)`` with ``a = f(z)``, as ``deriv`` is. At a kink (relu, leaky_relu at 0)
+# f'' is 0, the value jax.jvp(jax.grad) takes; elu's is e^0 = 1 at 0, from its
+# negative branch, as jax's where picks it.
+
+
+def _zero_second(z: Array, a: Array) -> Array:
+    # f piecewise linear (identity, relu, leaky_relu)  =>  f''(z) = 0
+    del a
+    return jnp.zeros_like(z)
+
+
+def _sigmoid_second(z: Array, a: Array) -> Array:
+    # f' = a (1 - a)  =>  f'' = f' (1 - 2a) = a (1 - a) (1 - 2a)
+    del z
+    return a * (1 - a) * (1 - 2 * a)
+
+
+def _tanh_second(z: Array, a: Array) -> Array:
+    # f' = 1 - a^2  =>  f'' = -2 a f' = -2 a (1 - a^2)
+    del z
+    return -2 * a * (1 - a * a)
+
+
+def _elu_second(z: Array, a: Array) -> Array:
+    # f' = 1 if z > 0 else e^z  =>  f'' = 0 if z > 0 else e^z = a + 1
+    return jnp.where(z > 0, 0, a + 1).astype(z.dtype)
+
+
+def _softplus_second(z: Array, a: Array) -> Array:
+    # f' = sigmoid(z)  =>  f'' = sigmoid(z) (1 - sigmoid(z)) = sigmoid(z) sigmoid(-z),
+    # the second form without 1 - sigmoid(z)'s cancellation for large z
+    del a
+    return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+
+
+def _gelu_second(z: Array, a: Array) -> Array:
+    # f' = Phi(z) + z phi(z), phi' = -z phi  =>  f'' = 2 phi(z) - z^2 phi(z)
+    del a
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+    return (2 - z * z) * pdf
+
+
+#: The activations with ``f'' = 0`` everywhere (at their kink too): no second-order
+#: term of their own in a Hessian.
+PIECEWISE_LINEAR = frozenset({"identity", "relu", "leaky_relu"})
+
+#: ``f''(z, a)`` of every activation, by name.
+SECOND_DERIVATIVES: dict[str, Callable[[Array, Array], Array]] = {
+    "identity": _zero_second,
+    "sigmoid": _sigmoid_second,
+    "tanh": _tanh_second,
+    "relu": _zero_second,
+    "leaky_relu": _zero_second,
+    "elu": _elu_second,
+    "softplus": _softplus_second,
+    "gelu": _gelu_second,
+}
+
+
+def second_derivative(name: str, z: Array, a: Array) -> Array:
+    """``f''(z)`` of the activation ``name``, written by hand, given ``a = f(z)``.
+
+    Args:
+      name: an activation of :data:`ACTIVATIONS`.
+      z: pre-activations, any shape.
+      a: ``f(z)``, the same shape.
+
+    Returns:
+      ``f''(z)``, shaped like ``z``; 0 for the piecewise-linear activations
+      (``identity``, ``relu``, ``leaky_relu``), also at their kink.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.zeros(1)
+      >>> second_derivative("tanh", z, jnp.tanh(z)).tolist()
+      [-0.0]
+    """
+    get_activation(name)  # an unknown name is a ValueError listing the known
+    return SECOND_DERIVATIVES[name](z, a)

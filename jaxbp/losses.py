@@ -168,3 +168,123 @@ def prepare_targets(y: Array, num_outputs: int, dtype) -> Array:
         valid = (y >= 0) & (y < num_outputs)
         return jnp.where(valid[:, None], onehot, jnp.asarray(jnp.nan, dtype))
     return y.astype(dtype)
+
+
+# ------------------------------------------------------------------ second order
+# The Hessian of each per-example loss with respect to the network output, written out
+# by hand, for :mod:`jaxbp.curvature`:
+#
+#   half_sse:               H = I
+#   mse:                    H = (2 / O) I
+#   softmax_cross_entropy:  H = s (diag(p) - p p^T),  p = softmax(z), s = sum_j y_j
+#
+# (s = 1 for one-hot targets). Each H is positive semi-definite and has the symmetric
+# factor S, H = S S^T, that the Gauss-Newton diagonal and the KFLR factors
+# backpropagate, one column per output:
+#
+#   half_sse: S = I;   mse: S = sqrt(2 / O) I;
+#   softmax_cross_entropy: S = sqrt(s) (diag(sqrt p) - p sqrt(p)^T)
+#
+# (S S^T = diag(p) - 2 p p^T + p (sum_j p_j) p^T = diag(p) - p p^T), and a Monte-Carlo
+# factor whose columns c satisfy E[c c^T] = H: sqrt(2 / O) e and e ~ N(0, I) for the
+# squared errors (the gradient of the loss at a target drawn from the Gaussian the
+# loss is the log-likelihood of), sqrt(s) (p - onehot(k)) with k ~ Categorical(p) for
+# the cross-entropy.
+
+
+def _hessian_scale(name: str, out: Array, y: Array) -> Array:
+    """The factor in front of each loss's Hessian: 1, 2 / O, or s = sum_j y_j."""
+    if name == "half_sse":
+        return jnp.ones((), out.dtype)
+    if name == "mse":
+        return jnp.asarray(2 / out.shape[-1], out.dtype)
+    return jnp.sum(y, axis=-1, keepdims=True)  # s, (B, 1)
+
+
+def hessian_vp(name: str, out: Array, y: Array, v: Array) -> Array:
+    """``H_i v_i`` for each example: the per-example loss Hessian with respect to the
+    output times ``v``.
+
+    Args:
+      name: a loss of :data:`LOSSES`.
+      out: network outputs ``(B, O)`` (logits for ``softmax_cross_entropy``).
+      y: float targets ``(B, O)``.
+      v: a direction in output space, ``(B, O)``.
+
+    Returns:
+      ``(B, O)``: row ``i`` is ``d^2 l_i / dout_i^2 v_i`` (not divided by ``B``).
+    """
+    get_loss(name)
+    scale = _hessian_scale(name, out, y)
+    if name != "softmax_cross_entropy":
+        return scale * v  # H v = v, or (2 / O) v
+    p = jax.nn.softmax(out, axis=-1)
+    # H v = s (diag(p) - p p^T) v = s (p * v - p (p . v)): the softmax couples outputs
+    return scale * (p * v - p * jnp.sum(p * v, axis=-1, keepdims=True))
+
+
+def hessian_factor(name: str, out: Array, y: Array) -> Array:
+    """A symmetric factor ``S_i`` of each example's loss Hessian, ``H_i = S_i S_i^T``.
+
+    Args:
+      name: a loss of :data:`LOSSES`.
+      out: network outputs ``(B, O)``.
+      y: float targets ``(B, O)``.
+
+    Returns:
+      ``(B, O, O)``: ``S[i, :, k]`` is column ``k`` of example ``i``'s factor.
+    """
+    get_loss(name)
+    scale = _hessian_scale(name, out, y)
+    eye = jnp.eye(out.shape[-1], dtype=out.dtype)[None]
+    if name != "softmax_cross_entropy":
+        return jnp.sqrt(scale) * jnp.broadcast_to(eye, (out.shape[0], *eye.shape[1:]))
+    p = jax.nn.softmax(out, axis=-1)
+    root = jnp.sqrt(p)
+    # S = sqrt(s) (diag(sqrt p) - p sqrt(p)^T)
+    factor = root[:, :, None] * eye - p[:, :, None] * root[:, None, :]
+    return jnp.sqrt(scale)[:, :, None] * factor
+
+
+def sampled_hessian_factor(
+    name: str, out: Array, y: Array, key: Array, samples: int = 1
+) -> Array:
+    """A Monte-Carlo factor ``C_i`` with ``E[C_i C_i^T] = H_i``, ``samples`` columns.
+
+    Targets are drawn from the model's predictive distribution (a unit Gaussian
+    around the output for the squared errors, the softmax's categorical for the
+    cross-entropy), and each column is the loss gradient at such a target, so
+    ``C C^T / samples`` averages ``samples`` draws of the Fisher's outer product.
+
+    Args:
+      name: a loss of :data:`LOSSES`.
+      out: network outputs ``(B, O)``.
+      y: float targets ``(B, O)`` (only their sum ``s`` enters, for the
+        cross-entropy).
+      key: a ``jax.random`` key.
+      samples: columns per example, at least 1.
+
+    Returns:
+      ``(B, O, samples)``, scaled by ``1 / sqrt(samples)`` so that ``C C^T``
+      estimates ``H`` without bias.
+    """
+    get_loss(name)
+    b, o = out.shape
+    scale = _hessian_scale(name, out, y)
+    if name != "softmax_cross_entropy":
+        noise = jax.random.normal(key, (b, o, samples), out.dtype)
+        # c = sqrt(2/O) e (or e), e ~ N(0, I): E[c c^T] = H
+        return jnp.sqrt(scale) * noise / jnp.sqrt(jnp.asarray(samples, out.dtype))
+    p = jax.nn.softmax(out, axis=-1)
+    logits = jnp.broadcast_to(
+        jax.nn.log_softmax(out, axis=-1)[:, None, :], (b, samples, o)
+    )
+    k = jax.random.categorical(key, logits, axis=-1)  # (B, samples), k ~ Cat(p)
+    onehot = jax.nn.one_hot(k, o, dtype=out.dtype).transpose(0, 2, 1)
+    # c = sqrt(s) (p - onehot(k)): E[c c^T] = s (diag(p) - p p^T)
+    columns = p[:, :, None] - onehot
+    return (
+        jnp.sqrt(scale)[:, :, None]
+        * columns
+        / jnp.sqrt(jnp.asarray(samples, out.dtype))
+    )

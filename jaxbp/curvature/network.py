@@ -1,0 +1,119 @@
+"""A network as the chain of layers its curvature is computed on, and what is refused.
+
+An :class:`~jaxbp.MLP` is the chain ``Dense, Activation(hidden), ..., Dense,
+Activation(output)``: its parameter list ``[p_1, ..., p_L]`` is the chain's
+``[p_1, {}, ..., p_L, {}]``. A :class:`~jaxbp.Sequential` network is its own chain.
+:func:`as_chain` gives the chain and the two maps between the network's parameter
+pytree and the chain's, so that every quantity of :mod:`jaxbp.curvature` is written
+once, on layers.
+
+Layers whose curvature is not written yet are refused here, at the boundary
+(:func:`check_supported`), with a message that names the layer and its place.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+
+from jaxbp.layers import (
+    Activation,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    Reshape,
+    Residual,
+)
+from jaxbp.mlp import MLP
+
+Array = jax.Array
+
+#: The layer types every quantity of :mod:`jaxbp.curvature` supports.
+SUPPORTED = (
+    Dense,
+    Conv2D,
+    Activation,
+    Flatten,
+    Reshape,
+    MaxPool2D,
+    AvgPool2D,
+    Residual,
+)
+
+
+class Chain(NamedTuple):
+    """A network seen as a chain of layers.
+
+    Attributes:
+      layers: the layer specs.
+      to_chain: the network's parameter pytree (or one shaped like it) to the
+        chain's list, one entry per layer.
+      from_chain: the inverse, for results shaped like the chain's parameters.
+    """
+
+    layers: tuple
+    to_chain: Callable
+    from_chain: Callable
+
+
+def as_chain(net) -> Chain:
+    """The chain of layers of an ``MLP`` or a ``Sequential`` network."""
+    if isinstance(net, MLP):
+        layers = []
+        for l, width in enumerate(net.sizes[1:]):
+            last = l == net.depth - 1
+            act = net.output_activation if last else net.activation
+            layers += [Dense(width), Activation(act)]
+        return Chain(
+            tuple(layers),
+            lambda params: [e for p in params for e in (p, {})],
+            lambda chain: list(chain[::2]),
+        )
+    return Chain(tuple(net.layers), list, list)
+
+
+def check_supported(net, what: str, allowed=SUPPORTED) -> Chain:
+    """:func:`as_chain`, after checking every layer (Residual blocks too) is allowed.
+
+    Args:
+      net: an ``MLP`` or a ``Sequential`` network.
+      what: the quantity, for the message (``"hvp"``).
+      allowed: the layer types it supports.
+
+    Raises:
+      ValueError: naming the first layer that is not supported, its index and the
+        layers that are.
+    """
+    chain = as_chain(net)
+    _check_layers(chain.layers, what, allowed, lambda i: net_layer(net, i))
+    return chain
+
+
+def net_layer(net, index: int) -> str:
+    """``layer 3 of 8, BatchNorm()`` for the 1-based ``index`` of a chain."""
+    if isinstance(net, MLP):
+        layers = as_chain(net).layers
+        return f"layer {index} of {len(layers)}, {layers[index - 1]}"
+    return net.describe_layer(index)
+
+
+def _check_layers(layers, what, allowed, where) -> None:
+    for i, layer in enumerate(layers, start=1):
+        if not isinstance(layer, allowed):
+            names = ", ".join(t.__name__ for t in allowed)
+            raise ValueError(
+                f"{what} does not support {where(i)}: its second-order rule is not "
+                f"written yet; {what} takes networks of {names}"
+            )
+        if isinstance(layer, Residual):
+            block = layer.block
+            _check_layers(
+                block,
+                what,
+                allowed,
+                lambda j, i=i, block=block: (
+                    f"{where(i)}, block layer {j} of {len(block)}, {block[j - 1]}"
+                ),
+            )
