@@ -46,12 +46,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.activations import PIECEWISE_LINEAR, second_derivative
-from jaxbp.curvature.network import check_supported
+from jaxbp.curvature.network import check_supported, sum_over_columns
 from jaxbp.layers import Activation, Dense
-from jaxbp.layers.base import chain_backward, chain_forward
+from jaxbp.layers.base import chain_forward
 from jaxbp.layers.elementwise import activation_backward
 from jaxbp.losses import hessian_factor, sampled_hessian_factor
-from jaxbp.per_example_layers import expand_deltas, map_layers, per_example_grads
+from jaxbp.per_example_layers import map_layers, per_example_grads
 
 Array = jax.Array
 
@@ -79,17 +79,7 @@ def _finish(layer, params, cache, summed):
 
 def _diag_from_factor(chain, cp, caches, factor: Array, batch: int):
     """``(1/B) sum_{i,k} (J_i^T c_ik)^2`` for the columns ``c_k`` of ``factor``."""
-
-    def column(c_k):
-        # the column as the output cotangent, carried down by the delta rule
-        _, _, deltas = chain_backward(chain.layers, cp, caches, c_k)
-        deltas = expand_deltas(chain.layers, cp, caches, deltas)
-        return map_layers(_column_squares, chain.layers, cp, caches, deltas)
-
-    # every column at once: one backward pass with K times the batch's rows
-    summed = jax.tree.map(
-        lambda t: jnp.sum(t, axis=0), jax.vmap(column, in_axes=-1)(factor)
-    )
+    summed = sum_over_columns(chain, cp, caches, factor, _column_squares)
     total = map_layers(_finish, chain.layers, cp, caches, summed)
     return chain.from_chain(jax.tree.map(lambda t: t / batch, total))
 

@@ -35,11 +35,11 @@ with the bias below.
 import jax
 import jax.numpy as jnp
 
-from jaxbp.curvature.network import check_supported
+from jaxbp.curvature.network import check_supported, sum_over_columns
 from jaxbp.layers import Conv2D, Dense, Residual
-from jaxbp.layers.base import chain_backward, chain_forward
+from jaxbp.layers.base import chain_forward
 from jaxbp.losses import hessian_factor, sampled_hessian_factor
-from jaxbp.per_example_layers import conv_patches, expand_deltas, map_layers
+from jaxbp.per_example_layers import conv_patches
 
 Array = jax.Array
 
@@ -124,17 +124,8 @@ def kfac_factors(net, params, x: Array, y: Array, key=None, *, samples: int = 1)
         factor = hessian_factor(net.objective, out, targets)  # KFLR: exact columns
     else:
         factor = sampled_hessian_factor(net.objective, out, targets, key, samples)
-
-    def terms(c_k):
-        # the column as the output cotangent, carried down by the delta rule
-        _, _, deltas = chain_backward(chain.layers, cp, caches, c_k)
-        deltas = expand_deltas(chain.layers, cp, caches, deltas)
-        return map_layers(_output_factor, chain.layers, cp, caches, deltas)
-
-    # every column at once: one backward pass with K (or samples) times the rows
-    g_sums = jax.tree.map(
-        lambda t: jnp.sum(t, axis=0), jax.vmap(terms, in_axes=-1)(factor)
-    )
+    # every column (K, or the samples) at once: one backward pass
+    g_sums = sum_over_columns(chain, cp, caches, factor, _output_factor)
     a_sums = _inputs(chain.layers, caches)
     # A = (1/B) sum_i a_i a_i^T ;  G = (1/B) sum_i sum_k g_ik g_ik^T
     merged = jax.tree.map(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxbp.layers import (
     Activation,
@@ -26,7 +27,9 @@ from jaxbp.layers import (
     Reshape,
     Residual,
 )
+from jaxbp.layers.base import chain_backward
 from jaxbp.mlp import MLP
+from jaxbp.per_example_layers import expand_deltas, map_layers
 
 Array = jax.Array
 
@@ -117,3 +120,21 @@ def _check_layers(layers, what, allowed, where) -> None:
                     f"{where(i)}, block layer {j} of {len(block)}, {block[j - 1]}"
                 ),
             )
+
+
+def sum_over_columns(chain: Chain, cp, caches, factor: Array, per_layer: Callable):
+    """``sum_k per_layer(layer, params, cache, J^T c_k)`` over the columns ``c_k`` of
+    ``factor`` (its last axis), layer by layer.
+
+    Each column is an output cotangent carried down by the delta rule
+    (``chain_backward``, per example: ``expand_deltas``); all columns go through one
+    backward pass with ``K`` times the batch's rows (``vmap`` over the last axis).
+    """
+
+    def column(c_k):
+        _, _, deltas = chain_backward(chain.layers, cp, caches, c_k)
+        deltas = expand_deltas(chain.layers, cp, caches, deltas)
+        return map_layers(per_layer, chain.layers, cp, caches, deltas)
+
+    columns = jax.vmap(column, in_axes=-1)(factor)
+    return jax.tree.map(lambda t: jnp.sum(t, axis=0), columns)
