@@ -166,11 +166,24 @@ def make_torch_epoch(
         layers.append(nn.Linear(fan_in, fan_out))
         if l < len(sizes) - 2:
             layers.append(act())
-    model = nn.Sequential(*layers)
+    return make_torch_model_epoch(
+        nn.Sequential(*layers), x, y, batch_size, lr=lr, compile=compile
+    )
+
+
+def make_torch_model_epoch(
+    model, x: np.ndarray, y: np.ndarray, batch_size: int, *, lr: float, compile: bool
+) -> Epoch:
+    """One epoch of any PyTorch ``model`` on ``(x, y)``: ``torch.randperm`` shuffle,
+    an index gather per batch, cross-entropy, autograd and ``torch.optim.SGD``; with
+    ``compile=True`` the model is ``torch.compile``-d (the first call compiles)."""
+    import torch
+    from torch import nn
+
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     if compile:
         model = torch.compile(model)
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    xt = torch.from_numpy(np.array(x, np.float32))  # a writable copy
     yt = torch.from_numpy(np.asarray(y, np.int64))
     n, b = len(x), batch_size
     num_batches = n // b

@@ -33,6 +33,7 @@ import platform
 import sys
 import time
 
+import _baselines
 import _common
 import jax
 import jax.numpy as jnp
@@ -163,24 +164,7 @@ def make_torch_epoch(x, y, batch: int, *, compile: bool = False):
         nn.ReLU(),
         nn.Linear(500, 10),
     )
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    if compile:
-        model = torch.compile(model)
-    xt = torch.from_numpy(np.array(x))  # a writable copy
-    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-    n = len(xt)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def run():
-        order = torch.randperm(n)
-        for i in range(n // batch):
-            idx = order[i * batch : (i + 1) * batch]
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    return run
+    return _baselines.make_torch_model_epoch(model, x, y, batch, lr=LR, compile=compile)
 
 
 def make_bound_epoch(x, batch: int):
