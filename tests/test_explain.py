@@ -526,6 +526,26 @@ def test_a_matrix_shows_one_row_per_line():
     assert "[0.45, 0.7;<br>0.4, 0.6]" in page
 
 
+def test_the_text_of_the_largest_network_fits_100_columns_and_keeps_every_number():
+    """8-8-8-8 (the largest allowed): equations wrap, a matrix prints row by row."""
+    net = jaxbp.MLP((8, 8, 8, 8), "sigmoid", "identity", "softmax_cross_entropy")
+    params = net.init(jax.random.key(0))
+    x = [0.1 * (i + 1) for i in range(8)]
+    trace = jaxbp.explain(net, params, x, 3)
+    text = render.render_text(trace)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    w3 = next(i for i, line in enumerate(lines) if line.lstrip().startswith("W_3 "))
+    assert lines[w3].rstrip().endswith(",") and lines[w3 + 1].rstrip().endswith(";")
+    column = lines[w3].index("[") + 1
+    assert all(lines[w3 + k][column - 1 : column] == " " for k in (1, 2))
+    # The wrapping moves line breaks and nothing else.
+    assert text.split() == render.render_text(trace, width=0).split()
+    assert (
+        max(len(line) for line in render.render_text(trace, width=0).splitlines()) > 100
+    )
+
+
 def test_weight_labels_stay_on_their_lines():
     """Each label is centred on its weight's line (the browser test checks more)."""
     svg = "\n".join(diagram.network_svg(_textbook_trace(), 8))

@@ -5,6 +5,7 @@ term by term, the error signals (sum over paths and matrix form), the chain rule
 by weight, the manual gradient beside ``jax.grad``'s, and the step.
 """
 
+import re
 import textwrap
 
 from jaxbp.explainer.trace import Layer, Param, Trace
@@ -26,26 +27,39 @@ def _heading(lines: list[str], text: str) -> None:
 
 
 def render_text(
-    trace: Trace, *, digits: int = 8, title=None, description=None, checks=None
+    trace: Trace,
+    *,
+    digits: int = 8,
+    title=None,
+    description=None,
+    checks=None,
+    width: int | None = None,
 ) -> str:
-    """The trace as plain text (UTF-8), about 80 columns wide.
+    """The trace as plain text (UTF-8), lines at most ``width`` columns wide.
+
+    A longer equation breaks before its ``+`` and ``=`` signs (or after a comma),
+    continuing under the right-hand side of its first ``=``; a matrix that does not
+    fit prints one row per line.
 
     Args:
       trace: the :class:`~jaxbp.explainer.Trace`.
       digits: decimals of every computed number.
       title: a heading line (an example's title), or ``None``.
-      description: a paragraph under it, wrapped to 88 columns, or ``None``.
+      description: a paragraph under it, wrapped to ``width`` columns, or ``None``.
       checks: :class:`~jaxbp.explainer.examples.Check` results to list at the end.
+      width: the widest line, :data:`WIDTH` (100) by default; ``0`` leaves every
+        line whole.
 
     Returns:
       The text, ending in a newline.
     """
     d = digits
+    width = WIDTH if width is None else width
     lines = []
     if title:
         lines += [title, "=" * len(title)]
     if description:
-        lines += [*textwrap.wrap(description, 88), ""]
+        lines += [*textwrap.wrap(description, width or WIDTH), ""]
     _setting(lines, trace, d)
     _forward(lines, trace, d)
     _loss(lines, trace, d)
@@ -54,7 +68,48 @@ def render_text(
     _step(lines, trace, d)
     if checks:
         _checks(lines, checks)
+    if width:
+        lines = [part for line in lines for part in _wrap(line, width)]
     return "\n".join(lines) + "\n"
+
+
+#: The widest line of the text.
+WIDTH = 100
+
+# Where an equation may break: before " + " and " = ", after ", ".
+_BREAKS = re.compile(r"(?= \+ )|(?= = )|(?<=, )")
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """``line`` broken into lines of at most ``width`` columns where it can be.
+
+    Continuation lines start under the right-hand side of the first `` = `` (or a
+    few columns in, where that is far to the right); a matrix ``[a, b; c, d]`` that
+    does not fit starts each row on a line of its own. A single term wider than the
+    line stays whole.
+    """
+    if len(line) <= width:
+        return [line]
+    indent = len(line) - len(line.lstrip())
+    eq = line.find(" = ")
+    hang = " " * (eq + 3 if 0 <= eq < width // 2 else indent + 4)
+    if line[len(hang) : len(hang) + 1] == "[":
+        hang += " "  # a vector or matrix continues under its first number
+    out: list[str] = []
+    rows = line.split("; ")
+    for r, row in enumerate(rows):
+        text = row + (";" if r < len(rows) - 1 else "")
+        current = text if r == 0 else hang + text
+        pieces = _BREAKS.split(current)
+        current = pieces[0]
+        for piece in pieces[1:]:
+            if len(current) + len(piece.rstrip()) > width:
+                out.append(current.rstrip())
+                current = hang + piece.lstrip()
+            else:
+                current += piece
+        out.append(current.rstrip())
+    return out
 
 
 def _setting(lines: list[str], trace: Trace, d: int) -> None:
