@@ -701,6 +701,18 @@ def write_hlo(args) -> None:
         print(f"\nwrote {path.name} to {args.out}")
 
 
+def prepare_data(args, load_at_start) -> tuple[tuple, str]:
+    """``(x, y, x on the device, y on the device)`` and the data's source, printed
+    with the machine."""
+    x_np, y_np, source = load_data(args.data_dir, args.quick)
+    print(
+        f"data: {source}, {len(x_np):,} examples; JAX {jax.__version__} on "
+        f"{jax.default_backend()}, {os.cpu_count()} CPUs; {args.repeats} repeats; "
+        f"load average {load_at_start[0]:.2f}"
+    )
+    return (x_np, y_np, jax.device_put(x_np), jax.device_put(y_np)), source
+
+
 def measure(args, data, peak) -> tuple[list, list, dict]:
     """Every net at every planned batch size; returns rows, notes, compile times."""
     rows, notes, compile_times = [], [], {}
@@ -766,18 +778,12 @@ def main(argv=None) -> int:
     if args.hlo:
         write_hlo(args)
         return 0
-    x_np, y_np, source = load_data(args.data_dir, args.quick)
-    print(
-        f"data: {source}, {len(x_np):,} examples; JAX {jax.__version__} on "
-        f"{jax.default_backend()}, {os.cpu_count()} CPUs; {args.repeats} repeats; "
-        f"load average {load_at_start[0]:.2f}"
-    )
+    data, source = prepare_data(args, load_at_start)
     peak = measure_gemm_peak(1024 if args.quick else 2048, 3 if args.quick else 7)
     print(
         f"GEMM peak: JAX {peak['jax_gflops']:.1f}, NumPy {peak['numpy_gflops']:.1f} "
         "GFLOP/s (float32)"
     )
-    data = (x_np, y_np, jax.device_put(x_np), jax.device_put(y_np))
     rows, notes, compile_times = measure(args, data, peak)
     ratios = compute_ratios(rows)
     checks = evaluate_targets(rows, ratios, compile_times)
@@ -785,7 +791,7 @@ def main(argv=None) -> int:
     if args.no_write:
         return 0
     record = {
-        "environment": environment(args, argv, source, len(x_np), load_at_start),
+        "environment": environment(args, argv, source, len(data[0]), load_at_start),
         "gemm_peak": peak,
         "flops_per_example": {n: flops_per_example(NETS[n][0]) for n in args.nets},
         "rows": rows,
