@@ -15,6 +15,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
@@ -155,6 +156,64 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
         writer.writeheader()
         writer.writerows(_jsonable(rows))
     return path
+
+
+def run_catalogue(
+    cases: Iterable[tuple], run_case: Callable[..., dict], line: Callable[[dict], str]
+) -> tuple[list[dict], float]:
+    """Checks every case of a bug catalogue, printing one line per case as it comes.
+
+    Args:
+      cases: the arguments of ``run_case``, one tuple per case.
+      run_case: checks one case; returns its row, with ``correct`` (the checker
+        caught and named what it should).
+      line: the printed line of a row.
+
+    Returns:
+      The rows and the seconds they took.
+    """
+    t0 = time.perf_counter()
+    rows = []
+    for case in cases:
+        rows.append(run_case(*case))
+        print(line(rows[-1]), flush=True)
+    return rows, time.perf_counter() - t0
+
+
+def write_catalogue(
+    out: pathlib.Path,
+    name: str,
+    rows: list[dict],
+    elapsed: float,
+    table: str,
+    header: dict,
+) -> int:
+    """Prints a bug catalogue's table and writes ``NAME.json`` and ``NAME.md``.
+
+    The JSON holds ``header``, then ``rows``, ``as_expected`` (rows with ``correct``),
+    ``cases``, ``elapsed_s`` and ``environment``; the Markdown file holds ``table``.
+
+    Returns:
+      The exit status: 1 if any row is not ``correct``, else 0.
+    """
+    wrong = [r for r in rows if not r["correct"]]
+    print(f"\n{table}\n\n{len(rows) - len(wrong)} of {len(rows)} cases as expected "
+          f"in {elapsed:.0f} s")  # fmt: skip
+    json_path = write_json(
+        out / f"{name}.json",
+        header
+        | {
+            "rows": rows,
+            "as_expected": len(rows) - len(wrong),
+            "cases": len(rows),
+            "elapsed_s": elapsed,
+            "environment": environment(),
+        },
+    )
+    md_path = out / f"{name}.md"
+    md_path.write_text(table + "\n")
+    print(f"wrote {json_path}, {md_path}")
+    return 1 if wrong else 0
 
 
 def pyplot():

@@ -47,18 +47,14 @@ import statistics
 import sys
 import time
 
+import _baselines
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _baselines  # noqa: E402
-import _common  # noqa: E402
-
-import jaxbp  # noqa: E402
-from jaxbp import train  # noqa: E402
+import jaxbp
+from jaxbp import train
 
 NETS = {
     "small": ((784, 100, 10), "sigmoid"),
@@ -662,7 +658,7 @@ def plot(rows, path: pathlib.Path) -> bool:
     return True
 
 
-def environment(args, source, n, load_at_start) -> dict:
+def environment(args, argv, source, n, load_at_start) -> dict:
     try:
         import torch
 
@@ -670,7 +666,7 @@ def environment(args, source, n, load_at_start) -> dict:
     except ImportError:
         torch_version = None
     return _common.environment() | {
-        "command": " ".join(sys.argv),
+        "command": _common.command_line(__file__, argv),
         "jax_backend": jax.default_backend(),
         "torch": torch_version,
         "torch_threads": args.threads,
@@ -688,32 +684,37 @@ def environment(args, source, n, load_at_start) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    load_at_start = os.getloadavg()
-    if args.hlo:
-        report = hlo_report(args.nets, HEADLINE_BATCH)
-        print(report)
-        if not args.no_write:
-            stem = "bench_speed_quick" if args.quick else "bench_speed"
-            path = args.out / f"{stem}_hlo.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(report + "\n")
-            print(f"\nwrote {path.name} to {args.out}")
-        return 0
+def _stem(args) -> str:
+    """The result files' stem: --quick never writes over the published results,
+    whatever --out says."""
+    return "bench_speed_quick" if args.quick else "bench_speed"
+
+
+def write_hlo(args) -> None:
+    """``--hlo``: prints the compiled steps' kernels; writes them unless --no-write."""
+    text = hlo_report(args.nets, HEADLINE_BATCH)
+    print(text)
+    if not args.no_write:
+        path = args.out / f"{_stem(args)}_hlo.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"\nwrote {path.name} to {args.out}")
+
+
+def prepare_data(args, load_at_start) -> tuple[tuple, str]:
+    """``(x, y, x on the device, y on the device)`` and the data's source, printed
+    with the machine."""
     x_np, y_np, source = load_data(args.data_dir, args.quick)
     print(
         f"data: {source}, {len(x_np):,} examples; JAX {jax.__version__} on "
         f"{jax.default_backend()}, {os.cpu_count()} CPUs; {args.repeats} repeats; "
         f"load average {load_at_start[0]:.2f}"
     )
-    peak = measure_gemm_peak(1024 if args.quick else 2048, 3 if args.quick else 7)
-    print(
-        f"GEMM peak: JAX {peak['jax_gflops']:.1f}, NumPy {peak['numpy_gflops']:.1f} "
-        "GFLOP/s (float32)"
-    )
-    x_dev, y_dev = jax.device_put(x_np), jax.device_put(y_np)
-    data = (x_np, y_np, x_dev, y_dev)
+    return (x_np, y_np, jax.device_put(x_np), jax.device_put(y_np)), source
+
+
+def measure(args, data, peak) -> tuple[list, list, dict]:
+    """Every net at every planned batch size; returns rows, notes, compile times."""
     rows, notes, compile_times = [], [], {}
     plan = [(b, args.competitors) for b in args.batch_sizes]
     plan += [(b, list(RATIO_COMPETITORS)) for b in args.ratio_batch_sizes]
@@ -732,8 +733,11 @@ def main(argv=None) -> int:
                 f"{time.perf_counter() - t0:.1f} s"
             )
         compile_times[net_name] = time_step_compile(net_name, HEADLINE_BATCH)
-    ratios = compute_ratios(rows)
-    checks = evaluate_targets(rows, ratios, compile_times)
+    return rows, notes, compile_times
+
+
+def report(rows, peak, ratios, checks, compile_times, notes) -> None:
+    """Prints the table, the ratios, the compile times, the targets and the notes."""
     print()
     print(format_table(rows, peak))
     print("\nratios (of median epoch times; speed = samples/s over the peer's):")
@@ -749,12 +753,45 @@ def main(argv=None) -> int:
     print(format_targets(checks))
     for note in notes:
         print(f"note: {note}")
+
+
+def write(args, record: dict) -> None:
+    """``STEM.json``, ``STEM.csv``, ``STEM.md`` (not with --quick) and ``STEM.png``."""
+    stem, rows = _stem(args), record["rows"]
+    written = [_common.write_json(args.out / f"{stem}.json", record)]
+    flat = [{k: v for k, v in r.items() if k != "epoch_s_all"} for r in rows]
+    written.append(_common.write_csv(args.out / f"{stem}.csv", flat))
+    if not args.quick:
+        md = args.out / f"{stem}.md"
+        md.write_text(
+            markdown_table(rows, record["ratios"], record["gemm_peak"]) + "\n"
+        )
+        written.append(md)
+    if plot(rows, args.out / f"{stem}.png"):
+        written.append(args.out / f"{stem}.png")
+    print(f"\nwrote {', '.join(p.name for p in written)} to {args.out}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    load_at_start = os.getloadavg()
+    if args.hlo:
+        write_hlo(args)
+        return 0
+    data, source = prepare_data(args, load_at_start)
+    peak = measure_gemm_peak(1024 if args.quick else 2048, 3 if args.quick else 7)
+    print(
+        f"GEMM peak: JAX {peak['jax_gflops']:.1f}, NumPy {peak['numpy_gflops']:.1f} "
+        "GFLOP/s (float32)"
+    )
+    rows, notes, compile_times = measure(args, data, peak)
+    ratios = compute_ratios(rows)
+    checks = evaluate_targets(rows, ratios, compile_times)
+    report(rows, peak, ratios, checks, compile_times, notes)
     if args.no_write:
         return 0
-    # --quick never writes over the published results, whatever --out says
-    stem = "bench_speed_quick" if args.quick else "bench_speed"
     record = {
-        "environment": environment(args, source, len(x_np), load_at_start),
+        "environment": environment(args, argv, source, len(data[0]), load_at_start),
         "gemm_peak": peak,
         "flops_per_example": {n: flops_per_example(NETS[n][0]) for n in args.nets},
         "rows": rows,
@@ -763,16 +800,7 @@ def main(argv=None) -> int:
         "targets": checks,
         "notes": notes,
     }
-    written = [_common.write_json(args.out / f"{stem}.json", record)]
-    flat = [{k: v for k, v in r.items() if k != "epoch_s_all"} for r in rows]
-    written.append(_common.write_csv(args.out / f"{stem}.csv", flat))
-    if not args.quick:
-        md = args.out / f"{stem}.md"
-        md.write_text(markdown_table(rows, ratios, peak) + "\n")
-        written.append(md)
-    if plot(rows, args.out / f"{stem}.png"):
-        written.append(args.out / f"{stem}.png")
-    print(f"\nwrote {', '.join(p.name for p in written)} to {args.out}")
+    write(args, record)
     return 0
 
 

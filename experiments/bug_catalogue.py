@@ -28,6 +28,7 @@ Example:
   python experiments/bug_catalogue.py
 """
 
+import itertools
 import sys
 import time
 
@@ -409,55 +410,36 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _line(row: dict) -> str:
+    """A case's printed line: what the check said and whether that is right."""
+    where = (
+        f"layer {row['layer']}" if row["model"] == "mlp" else ", ".join(row["named"])
+    )
+    return (
+        f"{row['model']:>9} {row['dtype']} {row['description']:<48} "
+        f"{'FAIL' if row['caught'] else 'PASS'} ({row['how']}) {where}  "
+        f"{'ok' if row['correct'] else 'WRONG'}"
+    )
+
+
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__)
     args = parser.parse_args(argv)
     bugs = QUICK_BUGS if args.quick else tuple(BUGS)
     dtypes = ("float32",) if args.quick else DTYPES
-    t0 = time.perf_counter()
-    rows = []
-    for model in ("mlp", "layernorm"):
-        for bug in bugs:
-            for dtype in dtypes:
-                row = run_case(model, bug, dtype)
-                rows.append(row)
-                where = (
-                    f"layer {row['layer']}"
-                    if model == "mlp"
-                    else ", ".join(row["named"])
-                )
-                print(
-                    f"{model:>9} {dtype} {BUGS[bug]:<48} "
-                    f"{'FAIL' if row['caught'] else 'PASS'} ({row['how']}) {where}  "
-                    f"{'ok' if row['correct'] else 'WRONG'}",
-                    flush=True,
-                )
-    elapsed = time.perf_counter() - t0
-    wrong = [r for r in rows if not r["correct"]]
-    table = markdown(rows)
-    print(f"\n{table}\n\n{len(rows) - len(wrong)} of {len(rows)} cases as expected "
-          f"in {elapsed:.0f} s")  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = _common.write_json(
-        args.out / "bug_catalogue.json",
-        {
-            "quick": args.quick,
-            "bugs": BUGS,
-            "dtypes": dtypes,
-            "mlp_sizes": MLP_SIZES,
-            "layernorm_sizes": LN_SIZES,
-            "batch": BATCH,
-            "rows": rows,
-            "as_expected": len(rows) - len(wrong),
-            "cases": len(rows),
-            "elapsed_s": elapsed,
-            "environment": _common.environment(),
-        },
+    cases = itertools.product(("mlp", "layernorm"), bugs, dtypes)
+    rows, elapsed = _common.run_catalogue(cases, run_case, _line)
+    header = {
+        "quick": args.quick,
+        "bugs": BUGS,
+        "dtypes": dtypes,
+        "mlp_sizes": MLP_SIZES,
+        "layernorm_sizes": LN_SIZES,
+        "batch": BATCH,
+    }
+    return _common.write_catalogue(
+        args.out, "bug_catalogue", rows, elapsed, markdown(rows), header
     )
-    md_path = args.out / "bug_catalogue.md"
-    md_path.write_text(table + "\n")
-    print(f"wrote {json_path}, {md_path}")
-    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

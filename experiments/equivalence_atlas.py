@@ -202,18 +202,25 @@ def plot(path, rows, activations, losses, depths):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
+    """The flags; adds the ``activations``, ``depths`` and ``batches`` to run."""
     parser = _common.make_parser(__doc__)
     args = parser.parse_args(argv)
     if args.quick:
-        activations, depths, batches = QUICK_ACTIVATIONS, QUICK_DEPTHS, QUICK_BATCHES
+        args.activations, args.depths = QUICK_ACTIVATIONS, QUICK_DEPTHS
+        args.batches = QUICK_BATCHES
     else:
-        activations, depths, batches = tuple(jaxbp.ACTIVATIONS), DEPTHS, BATCHES
-    cases = list(itertools.product(activations, LOSSES, depths, batches))
+        args.activations, args.depths = tuple(jaxbp.ACTIVATIONS), DEPTHS
+        args.batches = BATCHES
+    return args
+
+
+def print_plan(args, cases: list) -> None:
+    """What will run, and the tolerances it is held to."""
     print(
-        f"equivalence atlas: {len(activations)} activations x {len(LOSSES)} losses x "
-        f"depths {list(depths)} x batch sizes {list(batches)} = {len(cases)} cases, "
-        "each checked in float32 and float64"
+        f"equivalence atlas: {len(args.activations)} activations x {len(LOSSES)} "
+        f"losses x depths {list(args.depths)} x batch sizes {list(args.batches)} = "
+        f"{len(cases)} cases, each checked in float32 and float64"
     )
     print(
         f"tolerances: manual vs jax.grad {GRAD_RTOL['float32']:g} (float32), "
@@ -221,6 +228,10 @@ def main(argv=None) -> int:
         f"coordinate's error budget (x{FD_SAFETY:g} on rounding), kinks accepted "
         "inside the one-sided bracket"
     )
+
+
+def measure(cases: list) -> tuple[list[dict], float]:
+    """:func:`one_case` for every case, with a fixed seed each; rows and seconds."""
     t0 = time.perf_counter()
     rows = []
     for i, (act, loss, depth, batch) in enumerate(cases):
@@ -231,9 +242,12 @@ def main(argv=None) -> int:
                 f"  {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
-    elapsed = time.perf_counter() - t0
+    return rows, time.perf_counter() - t0
 
-    # --- table: worst manual-vs-autodiff error per activation x (loss, depth) ----
+
+def summarize_autodiff(rows: list[dict], activations, depths) -> dict:
+    """Prints, per dtype, the worst manual-vs-autodiff error per activation x (loss,
+    depth); returns ``{"manual_vs_autodiff_DTYPE": {max, median, failures}}``."""
     columns = [(loss, d) for loss in LOSSES for d in depths]
     short = {"half_sse": "sse", "mse": "mse", "softmax_cross_entropy": "xent"}
     summary = {}
@@ -261,16 +275,59 @@ def main(argv=None) -> int:
             f"{summary[f'manual_vs_autodiff_{dtype}']['median_rel']:.2e}; "
             f"{len(fails)} of {len(rows)} cases fail the tolerance"
         )
+    return summary
 
-    # --- finite differences: float32 against float64 ------------------------------
-    def fd_pass(r, dtype):
-        return r[f"manual_vs_fd_{dtype}_passed"] and r[f"autodiff_vs_fd_{dtype}_passed"]
 
+def _fd_pass(row: dict, dtype: str) -> bool:
+    """Manual and autodiff both agree with finite differences in ``dtype``."""
+    return row[f"manual_vs_fd_{dtype}_passed"] and row[f"autodiff_vs_fd_{dtype}_passed"]
+
+
+def diagnose_fd32_failures(f32_fail: list[dict]) -> list[dict]:
+    """:func:`diagnose_fd32` for every float32 finite-difference failure, printed."""
+    diagnoses = []
+    if f32_fail:
+        print(
+            "  each float32 failure re-checked in float64 at float32's step "
+            f"h={H32:.2g}, and in float32 at h={H32 / 10:.2g}:"
+        )
+    for r in f32_fail:
+        d = diagnose_fd32(r)
+        a, b = d["float64_at_float32_step"], d["float32_at_step_over_10"]
+        step_is_cause = not a["passed"] and b["passed"]
+        diagnoses.append(
+            {k: r[k] for k in ("network", "batch", "seed")}
+            | {
+                "float32_manual_vs_fd_max_rel": r["manual_vs_fd_float32_max_rel"],
+                "step_is_the_cause": step_is_cause,
+            }
+            | d
+        )
+        print(
+            f"    {r['network']} batch {r['batch']}: float32 "
+            f"{r['manual_vs_fd_float32_max_rel']:.1e}; float64 at h="
+            f"{a['step']:g} {a['manual_vs_fd_max_rel']:.1e} "
+            f"({'PASS' if a['passed'] else 'FAIL'}); float32 at h={b['step']:g} "
+            f"{b['manual_vs_fd_max_rel']:.1e} ({'PASS' if b['passed'] else 'FAIL'})"
+        )
+    if diagnoses:
+        n_step = sum(d["step_is_the_cause"] for d in diagnoses)
+        print(
+            f"  -> {n_step} of {len(diagnoses)} float32 failures are the step, not "
+            "float32 rounding: float64 fails too at that step, float32 passes at a "
+            "10x smaller one"
+        )
+    return diagnoses
+
+
+def summarize_fd(rows: list[dict], activations, depths) -> dict:
+    """Finite differences in float32 against float64: failures, kinks, and why
+    float32 fails (re-checked); printed, and returned as the summary's entry."""
     f32_fail_f64_pass = [
-        r for r in rows if not fd_pass(r, "float32") and fd_pass(r, "float64")
+        r for r in rows if not _fd_pass(r, "float32") and _fd_pass(r, "float64")
     ]
-    f64_fail = [r for r in rows if not fd_pass(r, "float64")]
-    f32_fail = [r for r in rows if not fd_pass(r, "float32")]
+    f64_fail = [r for r in rows if not _fd_pass(r, "float64")]
+    f32_fail = [r for r in rows if not _fd_pass(r, "float32")]
     by_loss = {
         loss: sum(1 for r in f32_fail_f64_pass if r["loss"] == loss) for loss in LOSSES
     }
@@ -305,38 +362,7 @@ def main(argv=None) -> int:
     print(f"    by loss:       {by_loss}")
     print(f"    by activation: {by_act}")
     print(f"    by depth:      {by_depth}")
-    diagnoses = []
-    if f32_fail:
-        print(
-            "  each float32 failure re-checked in float64 at float32's step "
-            f"h={H32:.2g}, and in float32 at h={H32 / 10:.2g}:"
-        )
-    for r in f32_fail:
-        d = diagnose_fd32(r)
-        a, b = d["float64_at_float32_step"], d["float32_at_step_over_10"]
-        step_is_cause = not a["passed"] and b["passed"]
-        diagnoses.append(
-            {k: r[k] for k in ("network", "batch", "seed")}
-            | {
-                "float32_manual_vs_fd_max_rel": r["manual_vs_fd_float32_max_rel"],
-                "step_is_the_cause": step_is_cause,
-            }
-            | d
-        )
-        print(
-            f"    {r['network']} batch {r['batch']}: float32 "
-            f"{r['manual_vs_fd_float32_max_rel']:.1e}; float64 at h="
-            f"{a['step']:g} {a['manual_vs_fd_max_rel']:.1e} "
-            f"({'PASS' if a['passed'] else 'FAIL'}); float32 at h={b['step']:g} "
-            f"{b['manual_vs_fd_max_rel']:.1e} ({'PASS' if b['passed'] else 'FAIL'})"
-        )
-    if diagnoses:
-        n_step = sum(d["step_is_the_cause"] for d in diagnoses)
-        print(
-            f"  -> {n_step} of {len(diagnoses)} float32 failures are the step, not "
-            "float32 rounding: float64 fails too at that step, float32 passes at a "
-            "10x smaller one"
-        )
+    diagnoses = diagnose_fd32_failures(f32_fail)
     for r in f64_fail:
         print(
             f"  float64 FD failure: {r['network']} batch {r['batch']} "
@@ -344,7 +370,7 @@ def main(argv=None) -> int:
             f"manual vs FD {r['manual_vs_fd_float64_max_rel']:.2e}, "
             f"jax.grad vs FD {r['autodiff_vs_fd_float64_max_rel']:.2e}"
         )
-    summary["finite_differences"] = {
+    return {
         "float32_failures": len(f32_fail),
         "float64_failures": len(f64_fail),
         "float32_fail_float64_pass": len(f32_fail_f64_pass),
@@ -368,18 +394,20 @@ def main(argv=None) -> int:
         ],
         "cases": len(rows),
     }
-    print(f"\n{len(cases)} cases in {elapsed:.0f} s")
 
+
+def write(args, rows: list[dict], summary: dict, elapsed: float) -> None:
+    """equivalence_atlas.csv, .json and .png."""
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = _common.write_csv(args.out / "equivalence_atlas.csv", rows)
     json_path = _common.write_json(
         args.out / "equivalence_atlas.json",
         {
             "quick": args.quick,
-            "activations": activations,
+            "activations": args.activations,
             "losses": LOSSES,
-            "depths": depths,
-            "batches": batches,
+            "depths": args.depths,
+            "batches": args.batches,
             "widths": {"in": WIDTH_IN, "hidden": WIDTH_HIDDEN, "out": WIDTH_OUT},
             "tolerances": {
                 "grad_rtol": GRAD_RTOL,
@@ -393,8 +421,19 @@ def main(argv=None) -> int:
         },
     )
     png_path = args.out / "equivalence_atlas.png"
-    plot(png_path, rows, activations, LOSSES, depths)
+    plot(png_path, rows, args.activations, LOSSES, args.depths)
     print(f"wrote {csv_path}, {json_path}, {png_path}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cases = list(itertools.product(args.activations, LOSSES, args.depths, args.batches))
+    print_plan(args, cases)
+    rows, elapsed = measure(cases)
+    summary = summarize_autodiff(rows, args.activations, args.depths)
+    summary["finite_differences"] = summarize_fd(rows, args.activations, args.depths)
+    print(f"\n{len(cases)} cases in {elapsed:.0f} s")
+    write(args, rows, summary, elapsed)
     return 0
 
 

@@ -229,7 +229,19 @@ def plot(path, rows, fits, batch):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+#: The timings that get a log-log slope, and their names in the printout.
+FITTED = {
+    "forward_s": "forward",
+    "manual_grad_s": "manual backprop",
+    "autodiff_grad_s": "jax.grad",
+    "fd_full_s": "finite differences",
+    "fd_two_forwards_s": "2 forwards x params",
+}
+
+
+def parse_args(argv=None):
+    """The flags; adds ``hidden`` (the widths to time), and with --quick sets
+    ``fd_coords`` and ``repeats`` to the smoke run's."""
     parser = _common.make_parser(__doc__)
     parser.add_argument("--batch", type=int, default=64, help="batch size (64)")
     parser.add_argument(
@@ -243,11 +255,14 @@ def main(argv=None) -> int:
         "--repeats", type=int, default=9, help="interleaved timing rounds (9)"
     )
     args = parser.parse_args(argv)
-    hidden = HIDDEN_QUICK if args.quick else HIDDEN
-    fd_coords = 256 if args.quick else args.fd_coords
-    repeats = 3 if args.quick else args.repeats
-    key = jax.random.key(0)
+    args.hidden = HIDDEN_QUICK if args.quick else HIDDEN
+    if args.quick:
+        args.fd_coords, args.repeats = 256, 3
+    return args
 
+
+def measure_all(args, key) -> list[dict]:
+    """:func:`measure` for every width, one printed line each."""
     print(
         f"one gradient of 784-H-10 (ReLU, softmax cross-entropy), batch {args.batch}, "
         f"float32, {jax.devices()[0].platform}; medians of interleaved repeats"
@@ -259,8 +274,10 @@ def main(argv=None) -> int:
     print(head)
     print("-" * len(head))
     rows = []
-    for h in hidden:
-        r = measure(h, batch=args.batch, fd_coords=fd_coords, repeats=repeats, key=key)
+    for h in args.hidden:
+        r = measure(
+            h, batch=args.batch, fd_coords=args.fd_coords, repeats=args.repeats, key=key
+        )
         rows.append(r)
         mark = "*" if r["fd_extrapolated"] else " "
         print(
@@ -273,10 +290,14 @@ def main(argv=None) -> int:
         )
     if any(r["fd_extrapolated"] for r in rows):
         print(
-            f"* FD full = time of {fd_coords} random coordinates scaled linearly to "
-            "all parameters"
+            f"* FD full = time of {args.fd_coords} random coordinates scaled linearly "
+            "to all parameters"
         )
+    return rows
 
+
+def measure_linearity(args, rows: list[dict], key) -> dict:
+    """:func:`linearity_check` on 784-25-10 (784-1-10 with --quick), printed."""
     lin_hidden = 1 if args.quick else 25
     counts = (128, 256) if args.quick else (1024, 2048, 4096, 8192)
     chunk = next(r["fd_chunk"] for r in rows if r["hidden"] == lin_hidden)
@@ -292,30 +313,28 @@ def main(argv=None) -> int:
         f"through the subsets has a = {lin['linear_fit_overhead_s'] * 1e3:.0f} ms, "
         f"b = {lin['linear_fit_per_coord_s'] * 1e6:.0f} us per coordinate"
     )
+    return lin
 
+
+def fit_slopes(rows: list[dict]) -> dict:
+    """Log-log fits of each timing against the parameter count: over all sizes, and
+    over sizes >= 5,000 (``None`` where fewer than two are)."""
     p = np.array([r["num_params"] for r in rows], float)
+    big = p >= 5000
     fits = {}
-    for key_name in (
-        "forward_s",
-        "manual_grad_s",
-        "autodiff_grad_s",
-        "fd_full_s",
-        "fd_two_forwards_s",
-    ):
+    for key_name in FITTED:
         t = np.array([r[key_name] for r in rows])
-        big = p >= 5000
         fits[key_name] = {
             "all": loglog_fit(p, t),
             "params>=5000": loglog_fit(p[big], t[big]) if big.sum() >= 2 else None,
         }
+    return fits
+
+
+def print_fits(rows: list[dict], fits: dict) -> None:
+    """The slopes, and each gradient's cost in forward passes."""
     print("\nlog-log slopes of time vs parameters (all sizes; sizes >= 5,000):")
-    for key_name, label in (
-        ("forward_s", "forward"),
-        ("manual_grad_s", "manual backprop"),
-        ("autodiff_grad_s", "jax.grad"),
-        ("fd_full_s", "finite differences"),
-        ("fd_two_forwards_s", "2 forwards x params"),
-    ):
+    for key_name, label in FITTED.items():
         f = fits[key_name]
         big = f["params>=5000"]
         big_text = f"{big['slope']:.2f}" if big else "n/a"
@@ -330,12 +349,14 @@ def main(argv=None) -> int:
         f"cost {min(fd_ratio):.2f}-{max(fd_ratio):.2f} forwards per parameter"
     )
 
-    big = rows[-1]
-    batches = EPOCH_EXAMPLES / args.batch
+
+def extrapolate_epoch(big: dict, batch: int) -> dict:
+    """The cost of one epoch of 60,000 images with each gradient, from ``big``'s row."""
+    batches = EPOCH_EXAMPLES / batch
     epoch = {
         "network": big["network"],
         "num_params": big["num_params"],
-        "batch": args.batch,
+        "batch": batch,
         "gradients_per_epoch": batches,
         "finite_differences_s": batches * big["fd_full_s"],
         "two_forwards_per_param_s": batches * big["fd_two_forwards_s"],
@@ -343,10 +364,18 @@ def main(argv=None) -> int:
         "autodiff_backprop_s": batches * big["autodiff_grad_s"],
     }
     epoch["speedup"] = epoch["finite_differences_s"] / epoch["manual_backprop_s"]
+    epoch["speedup_two_forwards"] = (
+        epoch["two_forwards_per_param_s"] / epoch["manual_backprop_s"]
+    )
+    return epoch
+
+
+def print_epoch(epoch: dict, big: dict, *, quick: bool) -> None:
+    """One epoch's cost by finite differences and by backprop."""
     print(
-        f"\none epoch of {EPOCH_EXAMPLES:,} images ({batches:g} gradients of batch "
-        f"{args.batch}) for {big['network']} ({big['num_params']:,} params) on this "
-        "machine:"
+        f"\none epoch of {EPOCH_EXAMPLES:,} images ({epoch['gradients_per_epoch']:g} "
+        f"gradients of batch {epoch['batch']}) for {big['network']} "
+        f"({big['num_params']:,} params) on this machine:"
     )
     print(
         f"  finite differences: {_common.human_seconds(epoch['finite_differences_s'])}"
@@ -364,15 +393,17 @@ def main(argv=None) -> int:
         f"  jax.grad backprop:  {_common.human_seconds(epoch['autodiff_backprop_s'])}"
         f"  ({big['autodiff_grad_s'] * 1e3:.3f} ms per gradient)"
     )
-    two_fwd_speedup = epoch["two_forwards_per_param_s"] / epoch["manual_backprop_s"]
-    epoch["speedup_two_forwards"] = two_fwd_speedup
     print(
         f"  finite differences are {epoch['speedup']:,.0f}x slower than manual "
-        f"backprop ({two_fwd_speedup:,.0f}x at 2 forwards per parameter)"
+        f"backprop ({epoch['speedup_two_forwards']:,.0f}x at 2 forwards per "
+        "parameter)"
     )
-    if args.quick:
+    if quick:
         print("  (--quick: tiny networks only; the largest here is not 784-100-10)")
 
+
+def write(args, rows: list[dict], fits: dict, lin: dict, epoch: dict) -> None:
+    """fd_cost.json, fd_cost.csv and fd_cost.png."""
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "quick": args.quick,
@@ -381,7 +412,7 @@ def main(argv=None) -> int:
         "fd_method": "central differences, jaxbp.finite_difference_grad (2 forward "
         f"passes per coordinate, chunks of {FD_CHUNKS} under lax.map, the faster "
         "per network), inside one jax.jit",
-        "fd_coords_cap": fd_coords,
+        "fd_coords_cap": args.fd_coords,
         "rows": rows,
         "fits": fits,
         "linearity_check": lin,
@@ -396,6 +427,18 @@ def main(argv=None) -> int:
     png_path = args.out / "fd_cost.png"
     plot(png_path, rows, fits, args.batch)
     print(f"\nwrote {json_path}, {csv_path}, {png_path}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    key = jax.random.key(0)
+    rows = measure_all(args, key)
+    lin = measure_linearity(args, rows, key)
+    fits = fit_slopes(rows)
+    print_fits(rows, fits)
+    epoch = extrapolate_epoch(rows[-1], args.batch)
+    print_epoch(epoch, rows[-1], quick=args.quick)
+    write(args, rows, fits, lin, epoch)
     return 0
 
 

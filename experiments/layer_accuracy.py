@@ -31,15 +31,11 @@ Example:
   JAXBP_DATA_DIR=../shared/data python experiments/layer_accuracy.py --seeds 0
 """
 
-import json
 import os
-import pathlib
-import shlex
-import tempfile
-import time
 
 import _common
-from mnist_accuracy import GRADS, run_cli
+import _runs
+from mnist_accuracy import GRADS
 
 #: name: the dataset, the flags that pick the network, and the target accuracy.
 NETWORKS = {
@@ -67,35 +63,52 @@ def train_command(name: str, grad: str, seed: int, epochs: int | None) -> list[s
     return args
 
 
-def run_one(name: str, grad: str, seed: int, epochs: int | None, out) -> dict:
-    """Trains one network with one gradient and seed; returns its record."""
-    cli_args = train_command(name, grad, seed, epochs)
-    print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
-    t0 = time.perf_counter()
-    metrics = run_cli(cli_args, out)
+def plan_runs(names, grads, seeds, epochs: int | None) -> list[_runs.PlannedRun]:
+    """Seed by seed, so that a sitting cut short has both gradients of every network
+    for the first seeds."""
+    return [
+        _runs.PlannedRun(name, grad, seed, train_command(name, grad, seed, epochs))
+        for seed in seeds
+        for name in names
+        for grad in grads
+    ]
+
+
+def run_record(run: _runs.PlannedRun, metrics: dict, wall_s: float) -> dict:
+    """One run's record: its command, accuracy per epoch, times and machine."""
     accuracy = metrics["final_test_accuracy"]
+    target = NETWORKS[run.network]["target"]
     return {
-        "network": name,
-        "grad": grad,
-        "seed": seed,
-        "command": f"jaxbp {shlex.join(cli_args)}",
+        "network": run.network,
+        "grad": run.grad,
+        "seed": run.seed,
+        "command": run.command,
         "config": metrics["config"],
         "num_params": metrics["num_params"],
         "final_test_accuracy": accuracy,
         "test_accuracy_per_epoch": [h["test_accuracy"] for h in metrics["history"]],
         "epoch_time_s": [h["epoch_time_s"] for h in metrics["history"]],
         "train_time_s": metrics["timing"]["train_time_s"],
-        "wall_s": time.perf_counter() - t0,
-        "target": NETWORKS[name]["target"],
-        "met": accuracy >= NETWORKS[name]["target"],
+        "wall_s": wall_s,
+        "target": target,
+        "met": accuracy >= target,
+        "environment": _common.environment(),
     }
 
 
-def _key(run: dict) -> tuple:
-    return run["network"], run["grad"], run["seed"]
+def print_table(runs: list[dict]) -> None:
+    """One line per run: its accuracy against the target."""
+    print(f"\n{'network':<8} {'grad':<9} {'seed':<5} {'test accuracy':<14} target")
+    for r in runs:
+        print(
+            f"{r['network']:<8} {r['grad']:<9} {r['seed']:<5} "
+            f"{r['final_test_accuracy']:<14.4f} >= {r['target']}: "
+            f"{'met' if r['met'] else 'NOT MET'}"
+        )
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
+    """The flags, checked; adds ``seeds``, ``names`` and ``grads`` as lists."""
     parser = _common.make_parser(__doc__)
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument(
@@ -109,56 +122,30 @@ def main(argv=None) -> int:
         help=f"comma-separated networks among {', '.join(NETWORKS)}",
     )
     args = parser.parse_args(argv)
-    seeds_text = args.seeds or ("0" if args.quick else "0,1,2")
-    try:
-        seeds = [int(s) for s in seeds_text.split(",")]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {seeds_text!r}")
-    names = ["lenet"] if args.quick else args.networks.split(",")
-    unknown = [n for n in names if n not in NETWORKS]
+    args.seeds = _runs.parse_seeds(parser, args.seeds, quick=args.quick)
+    args.names = ["lenet"] if args.quick else args.networks.split(",")
+    unknown = [n for n in args.names if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network {unknown[0]!r}; known: {', '.join(NETWORKS)}")
-    grads = args.grads.split(",")
-    if any(g not in GRADS for g in grads):
+    if any(g not in GRADS for g in args.grads.split(",")):
         parser.error(f"--grads must be among {', '.join(GRADS)}, got {args.grads!r}")
+    args.grads = args.grads.split(",")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     epochs = 1 if args.quick else None
-    path = args.out / f"layer_accuracy_{'_'.join(names)}.json"
-    earlier = json.loads(path.read_text())["runs"] if path.is_file() else []
-    record = {
-        "commands": [],
-        "quick": args.quick,
-        "data_dir": os.environ.get("JAXBP_DATA_DIR"),
-        "complete": False,
-        "runs": [],
-    }
-    if path.is_file():
-        record["commands"] = json.loads(path.read_text()).get("commands", [])
-    record["commands"].append(_common.command_line(__file__, argv))
-    planned = {(n, g, s) for s in seeds for n in names for g in grads}
-    runs = record["runs"]
-    runs += [r for r in earlier if _key(r) not in planned]
-    with tempfile.TemporaryDirectory(prefix="layer_accuracy-") as tmp:
-        # Seed by seed, so that a run cut short has both gradients of every network
-        # for the first seeds; the record is rewritten after every run.
-        for seed in seeds:
-            for name in names:
-                for grad in grads:
-                    out = pathlib.Path(tmp) / f"{len(runs)}"
-                    run = run_one(name, grad, seed, epochs, out)
-                    run["environment"] = _common.environment()
-                    runs.append(run)
-                    runs.sort(key=_key)
-                    record["complete"] = {
-                        (n, g, s) for n in names for g in GRADS for s in (0, 1, 2)
-                    } <= {_key(r) for r in runs}
-                    _common.write_json(path, record)
-    print(f"\n{'network':<8} {'grad':<9} {'seed':<5} {'test accuracy':<14} target")
-    for r in runs:
-        print(
-            f"{r['network']:<8} {r['grad']:<9} {r['seed']:<5} "
-            f"{r['final_test_accuracy']:<14.4f} >= {r['target']}: "
-            f"{'met' if r['met'] else 'NOT MET'}"
-        )
+    path = args.out / f"layer_accuracy_{'_'.join(args.names)}.json"
+    result = _runs.train_into_file(
+        path,
+        plan_runs(args.names, args.grads, args.seeds, epochs),
+        run_record,
+        command=_common.command_line(__file__, argv),
+        header={"quick": args.quick, "data_dir": os.environ.get("JAXBP_DATA_DIR")},
+        wanted={(n, g, s) for n in args.names for g in GRADS for s in (0, 1, 2)},
+    )
+    print_table(result["runs"])
     print(f"wrote {path}")
     return 0
 

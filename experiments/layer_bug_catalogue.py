@@ -24,6 +24,7 @@ Example:
   python experiments/layer_bug_catalogue.py
 """
 
+import itertools
 import sys
 import time
 
@@ -291,46 +292,30 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _line(row: dict) -> str:
+    """A case's printed line: what the check said and whether that is expected."""
+    return (
+        f"{row['dtype']} {row['description']:<72} "
+        f"{'FAIL' if row['caught'] else 'PASS'} layer {row['named_layer']} "
+        f"{'ok' if row['correct'] else 'UNEXPECTED'}"
+    )
+
+
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__)
     args = parser.parse_args(argv)
     bugs = QUICK_BUGS if args.quick else tuple(BUGS)
     dtypes = ("float64",) if args.quick else DTYPES
-    t0 = time.perf_counter()
-    rows = []
-    for bug in bugs:
-        for dtype in dtypes:
-            row = run_case(bug, dtype)
-            rows.append(row)
-            print(
-                f"{dtype} {row['description']:<72} "
-                f"{'FAIL' if row['caught'] else 'PASS'} layer {row['named_layer']} "
-                f"{'ok' if row['correct'] else 'UNEXPECTED'}",
-                flush=True,
-            )
-    elapsed = time.perf_counter() - t0
-    wrong = [r for r in rows if not r["correct"]]
-    table = markdown(rows)
-    print(f"\n{table}\n\n{len(rows) - len(wrong)} of {len(rows)} cases as expected "
-          f"in {elapsed:.0f} s")  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = _common.write_json(
-        args.out / "layer_bug_catalogue.json",
-        {
-            "command": _common.command_line(__file__, argv),
-            "quick": args.quick,
-            "batch": BATCH,
-            "rows": rows,
-            "as_expected": len(rows) - len(wrong),
-            "cases": len(rows),
-            "elapsed_s": elapsed,
-            "environment": _common.environment(),
-        },
+    cases = itertools.product(bugs, dtypes)
+    rows, elapsed = _common.run_catalogue(cases, run_case, _line)
+    header = {
+        "command": _common.command_line(__file__, argv),
+        "quick": args.quick,
+        "batch": BATCH,
+    }
+    return _common.write_catalogue(
+        args.out, "layer_bug_catalogue", rows, elapsed, markdown(rows), header
     )
-    md_path = args.out / "layer_bug_catalogue.md"
-    md_path.write_text(table + "\n")
-    print(f"wrote {json_path}, {md_path}")
-    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

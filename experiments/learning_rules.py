@@ -41,16 +41,12 @@ Example:
   JAXBP_DATA_DIR=../shared/data python experiments/learning_rules.py
 """
 
-import json
+import functools
 import os
 import pathlib
-import shlex
-import subprocess
-import sys
-import tempfile
-import time
 
 import _common
+import _runs
 
 BP = "manual"
 FA, DFA, SS = "feedback-alignment", "direct-feedback-alignment", "sign-symmetry"
@@ -89,16 +85,45 @@ def train_command(
     return args
 
 
-def run_cli(args: list[str], out: pathlib.Path) -> dict:
-    """Runs ``python -m jaxbp <args> --out OUT`` (its epoch lines shown as they
-    come); returns its ``metrics.json``."""
-    command = [sys.executable, "-m", "jaxbp", *args, "--out", str(out)]
-    proc = subprocess.run(command, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"learning_rules: `jaxbp {shlex.join(args)}` exited {proc.returncode}"
+def plan_runs(seeds: list[int], *, quick: bool) -> list[_runs.PlannedRun]:
+    """Every network, seed and rule (backprop first), in that order."""
+    return [
+        _runs.PlannedRun(
+            name,
+            grad,
+            seed,
+            train_command(
+                network, grad, seed, 1 if quick else network["epochs"], quick=quick
+            ),
         )
-    return json.loads((out / "metrics.json").read_text())
+        for name, network in NETWORKS.items()
+        for seed in seeds
+        for grad in network["grads"]
+    ]
+
+
+def run_record(
+    run: _runs.PlannedRun, metrics: dict, wall_s: float, *, quick: bool
+) -> dict:
+    """One run's record: accuracy and loss per epoch, times, and the alignment."""
+    history = metrics["history"]
+    return {
+        "network": run.network,
+        "grad": run.grad,
+        "seed": run.seed,
+        "quick": quick,
+        "command": run.command,
+        "config": metrics["config"],
+        "num_params": metrics["num_params"],
+        "final_test_accuracy": metrics["final_test_accuracy"],
+        "test_accuracy_per_epoch": [h["test_accuracy"] for h in history],
+        "train_loss_per_epoch": [h["train_loss"] for h in history],
+        "epoch_times_s": metrics["timing"]["epoch_times_s"],
+        "median_epoch_s": metrics["timing"]["median_epoch_s"],
+        "alignment_per_epoch": [h.get("alignment") for h in history],
+        "alignment_steps": [s for h in history for s in h.get("alignment_steps", [])],
+        "wall_s": wall_s,
+    }
 
 
 def _mean(values):
@@ -208,58 +233,8 @@ def r0(runs):
     return min(r["seed"] for r in runs)
 
 
-def main(argv=None) -> int:
-    parser = _common.make_parser(__doc__)
-    parser.add_argument(
-        "--seeds",
-        default=None,
-        help="comma-separated seeds (default 0,1,2; 0 with --quick)",
-    )
-    args = parser.parse_args(argv)
-    if args.seeds is None:
-        args.seeds = "0" if args.quick else "0,1,2"
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    environment = _common.environment()
-
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="learning_rules-") as tmp:
-        for name, network in NETWORKS.items():
-            epochs = 1 if args.quick else network["epochs"]
-            for seed in seeds:
-                for grad in network["grads"]:
-                    cli_args = train_command(
-                        network, grad, seed, epochs, quick=args.quick
-                    )
-                    print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
-                    t0 = time.perf_counter()
-                    m = run_cli(cli_args, pathlib.Path(tmp) / f"{len(runs)}")
-                    history = m["history"]
-                    runs.append({
-                        "network": name,
-                        "grad": grad,
-                        "seed": seed,
-                        "quick": args.quick,
-                        "command": f"jaxbp {shlex.join(cli_args)}",
-                        "config": m["config"],
-                        "num_params": m["num_params"],
-                        "final_test_accuracy": m["final_test_accuracy"],
-                        "test_accuracy_per_epoch": [
-                            h["test_accuracy"] for h in history
-                        ],
-                        "train_loss_per_epoch": [h["train_loss"] for h in history],
-                        "epoch_times_s": m["timing"]["epoch_times_s"],
-                        "median_epoch_s": m["timing"]["median_epoch_s"],
-                        "alignment_per_epoch": [h.get("alignment") for h in history],
-                        "alignment_steps": [
-                            s for h in history for s in h.get("alignment_steps", [])
-                        ],
-                        "wall_s": time.perf_counter() - t0,
-                    })  # fmt: skip
-
-    summary = summarize(runs)
+def print_summary(summary: list[dict], *, quick: bool) -> None:
+    """One line per network and rule: accuracy by seed, angles, target."""
     print(f"\n{'network':<21} {'grad':<26} {'test accuracy by seed':<26} angles")
     for row in summary:
         accs = ", ".join(f"{a:.4f}" for a in row["test_accuracy_by_seed"])
@@ -272,30 +247,62 @@ def main(argv=None) -> int:
         if "met" in row:
             note += f"; {row['target']}: {'met' if row['met'] else 'NOT MET'}"
         print(f"{row['network']:<21} {row['grad']:<26} {accs:<26} {note}")
-    if args.quick:
+    if quick:
         print("(--quick: a tenth of the widths, one epoch each: not the result)")
+
+
+def settings(*, quick: bool) -> dict:
+    """What every run shares: the flags, the alignment interval, the epochs."""
+    return {
+        "common_flags": COMMON_FLAGS,
+        "align_every": ALIGN_EVERY,
+        "epochs": {n: 1 if quick else v["epochs"] for n, v in NETWORKS.items()},
+        "feedback_init": "Glorot uniform of each matrix's own shape",
+    }
+
+
+def write(out: pathlib.Path, record: dict) -> None:
+    """``learning_rules.json``, and ``learning_rules.png`` where matplotlib is."""
+    path = _common.write_json(out / "learning_rules.json", record)
+    try:
+        plot(record["runs"], out / "learning_rules.png")
+        print(f"wrote {path}, {out / 'learning_rules.png'}")
+    except ImportError:
+        print(f"wrote {path} (no matplotlib: no plot)")
+
+
+def parse_args(argv=None):
+    """The flags, checked; ``seeds`` becomes a list."""
+    parser = _common.make_parser(__doc__)
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds (default 0,1,2; 0 with --quick)",
+    )
+    args = parser.parse_args(argv)
+    args.seeds = _runs.parse_seeds(parser, args.seeds, quick=args.quick)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    environment = _common.environment()
+    runs = _runs.train_runs(
+        plan_runs(args.seeds, quick=args.quick),
+        functools.partial(run_record, quick=args.quick),
+    )
+    summary = summarize(runs)
+    print_summary(summary, quick=args.quick)
     record = {
         "command": _common.command_line(__file__, argv),
         "quick": args.quick,
         "data_dir": os.environ.get("JAXBP_DATA_DIR"),
-        "settings": {
-            "common_flags": COMMON_FLAGS,
-            "align_every": ALIGN_EVERY,
-            "epochs": {
-                n: 1 if args.quick else v["epochs"] for n, v in NETWORKS.items()
-            },
-            "feedback_init": "Glorot uniform of each matrix's own shape",
-        },
+        "settings": settings(quick=args.quick),
         "environment": environment,
         "summary": summary,
         "runs": runs,
     }
-    path = _common.write_json(args.out / "learning_rules.json", record)
-    try:
-        plot(runs, args.out / "learning_rules.png")
-        print(f"wrote {path}, {args.out / 'learning_rules.png'}")
-    except ImportError:
-        print(f"wrote {path} (no matplotlib: no plot)")
+    write(args.out, record)
     return 0
 
 

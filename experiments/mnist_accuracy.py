@@ -22,16 +22,10 @@ Example:
   JAXBP_DATA_DIR=../shared/data python experiments/mnist_accuracy.py
 """
 
-import json
 import os
-import pathlib
-import shlex
-import subprocess
-import sys
-import tempfile
-import time
 
 import _common
+import _runs
 
 GRADS = ("manual", "autodiff")
 
@@ -58,18 +52,39 @@ def train_command(flags: list[str], grad: str, seed: int, epochs: int | None):
     return args
 
 
-def run_cli(args: list[str], out: pathlib.Path) -> dict:
-    """Runs ``python -m jaxbp <args> --out OUT``; returns its ``metrics.json``.
-
-    The run's own per-epoch lines go to this script's output as they come.
-    """
-    command = [sys.executable, "-m", "jaxbp", *args, "--out", str(out)]
-    proc = subprocess.run(command, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"mnist_accuracy: `jaxbp {shlex.join(args)}` exited {proc.returncode}"
+def plan_runs(seeds: list[int], epochs: int | None) -> list[_runs.PlannedRun]:
+    """Every network, seed and gradient, in that order."""
+    return [
+        _runs.PlannedRun(
+            name, grad, seed, train_command(network["flags"], grad, seed, epochs)
         )
-    return json.loads((out / "metrics.json").read_text())
+        for name, network in NETWORKS.items()
+        for seed in seeds
+        for grad in GRADS
+    ]
+
+
+def run_record(run: _runs.PlannedRun, metrics: dict, wall_s: float) -> dict:
+    """One run's record: its command, sizes, accuracy per epoch and target."""
+    accuracy = metrics["final_test_accuracy"]
+    target = NETWORKS[run.network]["target"]
+    return {
+        "network": run.network,
+        "grad": run.grad,
+        "seed": run.seed,
+        "command": run.command,
+        "config": metrics["config"],
+        "num_params": metrics["num_params"],
+        "train_examples": metrics["train_examples"],
+        "test_examples": metrics["test_examples"],
+        "final_test_accuracy": accuracy,
+        "test_accuracy_per_epoch": [h["test_accuracy"] for h in metrics["history"]],
+        "train_loss_per_epoch": [h["train_loss"] for h in metrics["history"]],
+        "train_time_s": metrics["timing"]["train_time_s"],
+        "wall_s": wall_s,
+        "target": target,
+        "met": accuracy >= target,
+    }
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -93,7 +108,21 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
+def print_summary(summary: list[dict], *, quick: bool) -> None:
+    """One line per network and gradient: accuracy by seed against the target."""
+    print(f"\n{'network':<26} {'grad':<9} {'seeds':<7} {'test accuracy':<28} target")
+    for row in summary:
+        accs = ", ".join(f"{a:.4f}" for a in row["test_accuracy_by_seed"])
+        print(
+            f"{row['network']:<26} {row['grad']:<9} {row['seeds']:<7} {accs:<28} "
+            f">= {row['target']}: {'met' if row['met'] else 'NOT MET'}"
+        )
+    if quick:
+        print("(--quick: one epoch each, not the measured result)")
+
+
+def parse_args(argv=None):
+    """The flags, checked; ``seeds`` becomes a list."""
     parser = _common.make_parser(__doc__)
     parser.add_argument(
         "--seeds",
@@ -102,57 +131,18 @@ def main(argv=None) -> int:
         "per seed (default 0,1,2; 0 with --quick)",
     )
     args = parser.parse_args(argv)
-    if args.seeds is None:
-        args.seeds = "0" if args.quick else "0,1,2"
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    epochs = 1 if args.quick else None
+    args.seeds = _runs.parse_seeds(parser, args.seeds, quick=args.quick)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     environment = _common.environment()
-
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="mnist_accuracy-") as tmp:
-        for name, network in NETWORKS.items():
-            for seed in seeds:
-                for grad in GRADS:
-                    cli_args = train_command(network["flags"], grad, seed, epochs)
-                    print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
-                    t0 = time.perf_counter()
-                    metrics = run_cli(cli_args, pathlib.Path(tmp) / f"{len(runs)}")
-                    accuracy = metrics["final_test_accuracy"]
-                    runs.append({
-                        "network": name,
-                        "grad": grad,
-                        "seed": seed,
-                        "command": f"jaxbp {shlex.join(cli_args)}",
-                        "config": metrics["config"],
-                        "num_params": metrics["num_params"],
-                        "train_examples": metrics["train_examples"],
-                        "test_examples": metrics["test_examples"],
-                        "final_test_accuracy": accuracy,
-                        "test_accuracy_per_epoch": [
-                            h["test_accuracy"] for h in metrics["history"]
-                        ],
-                        "train_loss_per_epoch": [
-                            h["train_loss"] for h in metrics["history"]
-                        ],
-                        "train_time_s": metrics["timing"]["train_time_s"],
-                        "wall_s": time.perf_counter() - t0,
-                        "target": network["target"],
-                        "met": accuracy >= network["target"],
-                    })  # fmt: skip
-
+    runs = _runs.train_runs(
+        plan_runs(args.seeds, 1 if args.quick else None), run_record
+    )
     summary = summarize(runs)
-    print(f"\n{'network':<26} {'grad':<9} {'seeds':<7} {'test accuracy':<28} target")
-    for row in summary:
-        accs = ", ".join(f"{a:.4f}" for a in row["test_accuracy_by_seed"])
-        print(
-            f"{row['network']:<26} {row['grad']:<9} {row['seeds']:<7} {accs:<28} "
-            f">= {row['target']}: {'met' if row['met'] else 'NOT MET'}"
-        )
-    if args.quick:
-        print("(--quick: one epoch each, not the measured result)")
+    print_summary(summary, quick=args.quick)
     record = {
         "command": _common.command_line(__file__, argv),
         "quick": args.quick,

@@ -213,7 +213,8 @@ def plot(path, results: dict):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
+    """The flags; fills in ``datasets`` and ``precision_epochs`` for --quick or not."""
     parser = _common.make_parser(__doc__)
     parser.add_argument(
         "--datasets",
@@ -243,9 +244,16 @@ def main(argv=None) -> int:
         "float64 to see how far rounding parts them (default 2; --quick: 0)",
     )
     args = parser.parse_args(argv)
-    datasets = args.datasets or (
+    args.datasets = args.datasets or (
         ["fashion_mnist"] if args.quick else ["fashion_mnist", "mnist"]
     )
+    if args.precision_epochs is None:
+        args.precision_epochs = 0 if args.quick else 2
+    return args
+
+
+def make_config(args) -> TrainConfig:
+    """``jaxbp train``'s defaults, with --quick's or --epochs' epochs; printed."""
     overrides = {}
     if args.quick:
         overrides["epochs"] = 1
@@ -257,60 +265,66 @@ def main(argv=None) -> int:
         + (f", overridden: {overrides}" if overrides else "")
         + f"): {config}"
     )
+    return config
 
-    results, skipped, sources = {}, {}, {}
-    for name in datasets:
-        source = "real"
-        if args.data == "synthetic":
+
+def dataset(name: str, args):
+    """``(source, (x, y), (xt, yt))`` of one dataset, or ``(reason, None, None)``.
+
+    ``source`` is ``"real"`` or ``"synthetic"``; with --quick, the real files are
+    never downloaded (synthetic data stands in with ``--data auto``) and the data
+    are cut to 5,000 training and 2,000 test examples.
+    """
+    source = "real"
+    if args.data == "synthetic":
+        source = "synthetic"
+        (x, y), (xt, yt) = synthetic(5000 if args.quick else 20000, 2000)
+    else:
+        try:
+            (x, y), (xt, yt) = load_data(name, offline=True if args.quick else None)
+        except DataError as e:
+            lines = str(e).splitlines() or [type(e).__name__]
+            reason = next((s for s in lines if "missing" in s), lines[0]).strip()
+            if not (args.quick and args.data == "auto"):
+                print(f"{name}: skipped, the data is not available: {reason}")
+                return reason, None, None
+            print(f"{name}: real files not found ({reason}); using synthetic data")
             source = "synthetic"
-            (x, y), (xt, yt) = synthetic(5000 if args.quick else 20000, 2000)
-        else:
-            try:
-                (x, y), (xt, yt) = load_data(name, offline=True if args.quick else None)
-            except DataError as e:
-                lines = str(e).splitlines() or [type(e).__name__]
-                reason = next((s for s in lines if "missing" in s), lines[0]).strip()
-                if args.quick and args.data == "auto":
-                    print(
-                        f"{name}: real files not found ({reason}); using synthetic data"
-                    )
-                    source = "synthetic"
-                    (x, y), (xt, yt) = synthetic(5000, 2000)
-                else:
-                    print(f"{name}: skipped, the data is not available: {reason}")
-                    skipped[name] = reason
-                    continue
-        if args.quick:
-            x, y, xt, yt = x[:5000], y[:5000], xt[:2000], yt[:2000]
-        sources[name] = source
+            (x, y), (xt, yt) = synthetic(5000, 2000)
+    if args.quick:
+        x, y, xt, yt = x[:5000], y[:5000], xt[:2000], yt[:2000]
+    return source, (x, y), (xt, yt)
+
+
+def measure(config: TrainConfig, name: str, source: str, train_data, test_data,
+            precision_epochs: int) -> dict:  # fmt: skip
+    """Both runs on one dataset, their summary, and the precision check if asked."""
+    print(
+        f"\n{name} ({source}): {len(train_data[0]):,} train / {len(test_data[0]):,} "
+        f"test, {config.epochs} epochs, batch {config.batch_size}"
+    )
+    config = dataclasses.replace(config, dataset=name)
+    result = run(config, train_data, test_data)
+    result["summary"] = summarize(result)
+    result["data"] = {
+        "source": source,
+        "train": len(train_data[0]),
+        "test": len(test_data[0]),
+    }
+    if precision_epochs > 0:
         print(
-            f"\n{name} ({source}): {len(x):,} train / {len(xt):,} test, "
-            f"{config.epochs} epochs, batch {config.batch_size}"
+            f"\nprecision check on {name}: manual vs autodiff, same recipe for "
+            f"{precision_epochs} epochs, in float32 and in float64"
         )
-        results[name] = run(dataclasses.replace(config, dataset=name), (x, y), (xt, yt))
-        results[name]["summary"] = summarize(results[name])
-        results[name]["data"] = {"source": source, "train": len(x), "test": len(xt)}
-        precision_epochs = args.precision_epochs
-        if precision_epochs is None:
-            precision_epochs = 0 if args.quick else 2
-        if precision_epochs > 0:
-            print(
-                f"\nprecision check on {name}: manual vs autodiff, same recipe for "
-                f"{precision_epochs} epochs, in float32 and in float64"
-            )
-            results[name]["precision_check"] = precision_check(
-                dataclasses.replace(config, dataset=name),
-                (x, y),
-                (xt, yt),
-                precision_epochs,
-            )
+        result["precision_check"] = precision_check(
+            config, train_data, test_data, precision_epochs
+        )
+    return result
 
-    if not results:
-        print("no dataset could be loaded; nothing to plot")
-        return 1
 
+def print_summary(results: dict, skipped: dict) -> None:
+    """One paragraph per dataset: final accuracies and how far the runs parted."""
     print("\nsummary (manual vs autodiff, same seed)")
-    csv_rows = []
     for name, res in results.items():
         s = res["summary"]
         d = s["max_abs_curve_difference"]
@@ -327,12 +341,13 @@ def main(argv=None) -> int:
             f"{s['median_epoch_s']['manual']:.1f} s manual, "
             f"{s['median_epoch_s']['autodiff']:.1f} s autodiff"
         )
-        for grad in GRADS:
-            for h in res["runs"][grad]["history"]:
-                csv_rows.append({"dataset": name, "grad": grad} | h)
     for name, reason in skipped.items():
         print(f"  {name}: skipped ({reason})")
 
+
+def write(args, config: TrainConfig, results: dict, skipped: dict) -> None:
+    """training_curves.json (without the parameters), .csv (one row per dataset,
+    gradient and epoch) and .png."""
     args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "quick": args.quick,
@@ -350,11 +365,36 @@ def main(argv=None) -> int:
         "skipped": skipped,
         "environment": _common.environment(),
     }
+    csv_rows = [
+        {"dataset": name, "grad": grad} | h
+        for name, res in results.items()
+        for grad in GRADS
+        for h in res["runs"][grad]["history"]
+    ]
     json_path = _common.write_json(args.out / "training_curves.json", record)
     csv_path = _common.write_csv(args.out / "training_curves.csv", csv_rows)
     png_path = args.out / "training_curves.png"
     plot(png_path, results)
     print(f"wrote {json_path}, {csv_path}, {png_path}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = make_config(args)
+    results, skipped = {}, {}
+    for name in args.datasets:
+        source, train_data, test_data = dataset(name, args)
+        if train_data is None:
+            skipped[name] = source
+            continue
+        results[name] = measure(
+            config, name, source, train_data, test_data, args.precision_epochs
+        )
+    if not results:
+        print("no dataset could be loaded; nothing to plot")
+        return 1
+    print_summary(results, skipped)
+    write(args, config, results, skipped)
     return 0
 
 

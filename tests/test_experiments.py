@@ -311,3 +311,68 @@ def test_mnist_accuracy(quick_runs, shared_data_dir):
         )
     assert len(record["summary"]) == 4
     assert "$ jaxbp train --dataset mnist --grad manual --hidden 512,512" in output
+
+
+@pytest.fixture
+def runs_module(monkeypatch):
+    """``experiments/_runs.py`` with ``train`` faked: its "accuracy" counts the runs."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import _runs
+
+    trained = []
+
+    def fake_train(args, out):
+        trained.append(args)
+        return {"final_test_accuracy": len(trained)}
+
+    monkeypatch.setattr(_runs, "train", fake_train)
+    return _runs, trained
+
+
+def _record(run, metrics, wall_s):
+    return {
+        "network": run.network,
+        "grad": run.grad,
+        "seed": run.seed,
+        "command": run.command,
+        "accuracy": metrics["final_test_accuracy"],
+    }
+
+
+def test_train_runs_keeps_the_plans_order(runs_module):
+    runs, trained = runs_module
+    plan = [
+        runs.PlannedRun("net", grad, 0, ["train", "--grad", grad])
+        for grad in ("manual", "autodiff")
+    ]
+    records = runs.train_runs(plan, _record)
+    assert [r["grad"] for r in records] == ["manual", "autodiff"]
+    assert records[0]["command"] == "jaxbp train --grad manual"
+    assert trained == [p.args for p in plan]
+
+
+def test_train_into_file_merges_with_the_earlier_file(runs_module, tmp_path):
+    runs, _ = runs_module
+    path = tmp_path / "result.json"
+    wanted = {("net", g, s) for g in ("a", "m") for s in (0, 1)}
+
+    def sitting(grads, seeds):
+        plan = [runs.PlannedRun("net", g, s, ["train"]) for s in seeds for g in grads]
+        return runs.train_into_file(
+            path, plan, _record, command=f"sitting {seeds}", header={"quick": True},
+            wanted=wanted,
+        )  # fmt: skip
+
+    first = sitting(("m", "a"), (1,))
+    assert [r["grad"] for r in first["runs"]] == ["a", "m"]  # sorted
+    assert not first["complete"]
+    sitting(("m", "a"), (0,))
+    again = sitting(("m",), (1,))  # replaces one run's record, keeps the others
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(again))
+    assert list(on_disk) == ["commands", "quick", "complete", "runs"]
+    assert on_disk["commands"] == ["sitting (1,)", "sitting (0,)", "sitting (1,)"]
+    assert on_disk["complete"]
+    keys = [runs.run_key(r) for r in on_disk["runs"]]
+    assert keys == sorted(wanted)
+    assert on_disk["runs"][keys.index(("net", "m", 1))]["accuracy"] == 5  # the rerun
