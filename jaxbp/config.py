@@ -6,7 +6,8 @@ seed, dtype and DP-SGD. ``jaxbp train`` builds one from its flags (its flag defa
 are this class's defaults), writes it to ``metrics.json`` and into the checkpoint, and
 on ``--resume`` compares it with the saved one (:meth:`TrainConfig.differences`).
 Where files live, how many devices share the work and where results go are not part
-of it: they do not change what is computed.
+of it: they do not change what is computed. An invalid setting raises
+:class:`ConfigError`, a ``ValueError`` whose ``field`` names the setting.
 
 The network is the MLP of ``hidden`` and ``activation`` unless ``model`` names a
 preset or gives a spec string of layers (:mod:`jaxbp.models`); the config then holds
