@@ -42,7 +42,8 @@ model -> gradients -> train -> CLI):
   evaluation, ``fit``, atomic checkpoints;
 * ``jaxbp.config``: :class:`TrainConfig`, the one description of a run, and ``setup``,
   which builds its network, optimizer, data and initial state;
-* ``jaxbp.cli``: the ``jaxbp`` command.
+* ``jaxbp.cli``: the ``jaxbp`` command, one module per subcommand (not imported
+  here).
 """
 
 from jaxbp import activations

@@ -6,7 +6,8 @@ seed, dtype and DP-SGD. ``jaxbp train`` builds one from its flags (its flag defa
 are this class's defaults), writes it to ``metrics.json`` and into the checkpoint, and
 on ``--resume`` compares it with the saved one (:meth:`TrainConfig.differences`).
 Where files live, how many devices share the work and where results go are not part
-of it: they do not change what is computed.
+of it: they do not change what is computed. An invalid setting raises
+:class:`ConfigError`, a ``ValueError`` whose ``field`` names the setting.
 
 The network is the MLP of ``hidden`` and ``activation`` unless ``model`` names a
 preset or gives a spec string of layers (:mod:`jaxbp.models`); the config then holds
@@ -49,6 +50,25 @@ from jaxbp.sequential import Sequential
 
 #: The dtypes a run can train in.
 DTYPES = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """An invalid :class:`TrainConfig` setting, and which setting it is.
+
+    Still a ``ValueError``. The message (``str(error)``) is the library's, naming
+    settings as Python spells them; a caller that names them otherwise (the command
+    line's flags) prefixes its own name for :attr:`field` and leaves the message as
+    it is.
+
+    Attributes:
+      field: the offending setting's name, e.g. ``"grad"``; for a combination, the
+        setting that does not fit the others (``align_every`` without a learning
+        rule, ``dp_noise`` without ``dp_clip``).
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +114,7 @@ class TrainConfig:
         every epoch only.
 
     Raises:
-      ValueError: naming the setting, if any is unknown or out of range, or if
+      ConfigError: naming the setting, if any is unknown or out of range, or if
         ``model`` is set together with MLP settings other than their defaults.
     """
 
@@ -163,27 +183,43 @@ class TrainConfig:
             _invalid("dp_noise", self.dp_noise, "a non-negative number")
         setting("dp_noise", float(self.dp_noise))
         if self.dp_noise and self.dp_clip is None:
-            raise ValueError(
+            raise ConfigError(
+                "dp_noise",
                 f"dp_noise {self.dp_noise:g} needs dp_clip: the noise is scaled by "
-                "the clipping norm"
+                "the clipping norm",
             )
         if self.align_every is not None:
             if not _is_int(self.align_every) or self.align_every <= 0:
                 _invalid("align_every", self.align_every, "a positive integer or None")
             if self.grad not in feedback.RULES:
-                raise ValueError(
+                raise ConfigError(
+                    "align_every",
                     f"align_every measures a learning rule against the true gradient; "
                     f"it needs grad to be one of {', '.join(feedback.RULES)}, got "
-                    f"{self.grad!r}"
+                    f"{self.grad!r}",
                 )
             setting("align_every", int(self.align_every))
         if isinstance(self.model, str) and self.model.strip().lower() == "mlp":
             setting("model", None)
         if self.model is None:
-            # Checks that the loss and the output activation fit, and the rule.
-            train.check_supported(self.mlp, dp=self.dp, grad=self.grad)
+            try:  # the loss and the output activation must fit
+                net = self.mlp
+            except ValueError as e:
+                raise ConfigError("output_activation", str(e)) from None
+            self._check_supported(net)
         else:
             self._check_model()
+
+    def _check_supported(self, net) -> None:
+        """Checks that the training step can run ``net`` with this rule and DP."""
+        try:
+            train.check_supported(net, grad=self.grad)
+        except ValueError as e:
+            raise ConfigError("grad", str(e)) from None
+        try:
+            train.check_supported(net, dp=self.dp, grad=self.grad)
+        except ValueError as e:
+            raise ConfigError("dp_clip", str(e)) from None
 
     def _check_model(self) -> None:
         """Canonicalises ``model``; checks it against the MLP settings and data."""
@@ -192,33 +228,38 @@ class TrainConfig:
         try:
             object.__setattr__(self, "model", models.canonical(self.model))
         except ValueError as e:
-            raise ValueError(f"model {e}") from None
+            raise ConfigError("model", f"model {e}") from None
         mlp_only = [
             name
             for name in ("hidden", "activation", "output_activation")
             if getattr(self, name) != _FIELD_DEFAULTS[name]
         ]
         if mlp_only:
-            raise ValueError(
+            raise ConfigError(
+                "model",
                 f"model conflicts with {' and '.join(mlp_only)}: the MLP's settings "
                 "(hidden, activation, output_activation) stay at their defaults "
-                "when the network is given as layers"
+                "when the network is given as layers",
             )
         try:
             net = self.net
         except LayerShapeError as e:
-            raise ValueError(
+            raise ConfigError(
+                "model",
                 f"model does not fit {self.dataset}'s flat {self.input_shape} "
-                f"inputs: {e}"
+                f"inputs: {e}",
             ) from None
         except ValueError as e:
-            raise ValueError(f"model does not fit the {self.loss} loss: {e}") from None
-        train.check_supported(net, dp=self.dp, grad=self.grad)
+            raise ConfigError(
+                "model", f"model does not fit the {self.loss} loss: {e}"
+            ) from None
+        self._check_supported(net)
         classes = data.dataset_spec(self.dataset).num_classes
         if net.num_outputs != classes:
-            raise ValueError(
+            raise ConfigError(
+                "model",
                 f"model ends with {net.num_outputs} outputs but {self.dataset} has "
-                f"{classes} classes: make its last layer dense({classes})"
+                f"{classes} classes: make its last layer dense({classes})",
             )
 
     # ----------------------------------------------------------------- derived
@@ -308,7 +349,7 @@ def _is_real(value) -> bool:
 
 
 def _invalid(name: str, value, expected: str):
-    raise ValueError(f"{name} must be {expected}, got {value!r}")
+    raise ConfigError(name, f"{name} must be {expected}, got {value!r}")
 
 
 def _choice(name: str, value, choices) -> None:

@@ -23,7 +23,8 @@ import pytest
 import jaxbp.data
 from jaxbp import checkpoint, cli, optim
 from jaxbp.activations import ACTIVATIONS, Activation
-from jaxbp.config import TrainConfig
+from jaxbp.cli import train as train_cli
+from jaxbp.config import ConfigError, TrainConfig
 
 NUM_TRAIN, NUM_TEST = 600, 100
 # The base flags of every synthetic run; tests override single flags.
@@ -210,7 +211,7 @@ def test_final_accuracy_is_that_of_the_checkpoint(baseline, tiny_data):
 )
 def test_hidden_flag_forms(flags, sizes):
     args = cli.build_parser().parse_args(["train", *flags])
-    assert cli.config_from_args(args).sizes == tuple(sizes)
+    assert train_cli.config_from_args(args).sizes == tuple(sizes)
 
 
 @pytest.mark.parametrize("command", ["train", "download"])
@@ -227,7 +228,7 @@ def test_dataset_flag_accepts_both_spellings_and_keeps_one(command, given, name)
     args = cli.build_parser().parse_args([command, "--dataset", given])
     assert args.dataset == name
     if command == "train":
-        assert cli.config_from_args(args).dataset == name
+        assert train_cli.config_from_args(args).dataset == name
 
 
 def test_resume_with_the_other_spelling_of_the_dataset(
@@ -443,9 +444,9 @@ def test_resume_of_an_unreadable_config_says_to_start_over(
         ({"dataset": "cifar10"}, "--dataset"),
         ({"dtype": "float16"}, "--dtype"),
         ({"no_such_flag": "1"}, "unrecognized arguments"),
-        ({"dp_noise": "1"}, "--dp-noise 1 needs --dp-clip"),
+        ({"dp_noise": "1"}, "--dp-noise: dp_noise 1 needs dp_clip"),
         ({"dp_noise": "-1"}, "--dp-noise: must be a non-negative number"),
-        ({"output_activation": "sigmoid"}, "requires --output-activation='identity'"),
+        ({"output_activation": "sigmoid"}, "--output-activation: objective"),
         ({"devices": "64"}, "--devices 64, but only"),
     ],
 )
@@ -589,6 +590,7 @@ def test_missing_data_dir_fails_with_one_line(tmp_path, monkeypatch):
     assert rc == 1
     _assert_one_line_error(rc, stderr)
     assert str(missing / "train-images-idx3-ubyte.gz") in stderr
+    assert stderr.startswith("jaxbp train: error: --data-dir: ")  # its field's flag
     assert not out.exists()
 
 
@@ -648,7 +650,7 @@ MODEL = (
     "flatten,dropout(0.25),dense(10)"
 )
 MODEL_FLAGS = {"hidden": None, "epochs": "1", "optimizer": "sgd", "lr": "0.05"}
-_REAL_PROGRESS_INIT = cli._EpochProgress.__init__
+_REAL_PROGRESS_INIT = train_cli._EpochProgress.__init__
 
 
 def _eager_progress_init(self, stream, *, bar, **_):
@@ -664,7 +666,7 @@ def model_runs(tiny_data, tmp_path_factory) -> dict[str, Run]:
     folder = tmp_path_factory.mktemp("model")
     with pytest.MonkeyPatch.context() as m:
         m.setattr(jaxbp.data, "load_dataset", _load_any_size)
-        m.setattr(cli._EpochProgress, "__init__", _eager_progress_init)
+        m.setattr(train_cli._EpochProgress, "__init__", _eager_progress_init)
         for grad, extra in (("manual", []), ("autodiff", ["--quiet"])):
             out = folder / grad
             argv = _argv(tiny_data, out, *extra, model=MODEL, grad=grad, **MODEL_FLAGS)
@@ -735,7 +737,7 @@ def test_progress_lines_while_an_epoch_runs_and_none_when_quiet(model_runs):
 
 def test_progress_bar_on_a_terminal():
     stream = io.StringIO()
-    show = cli._EpochProgress(stream, bar=True, after_s=1.0, redraw_s=0.5)
+    show = train_cli._EpochProgress(stream, bar=True, after_s=1.0, redraw_s=0.5)
     for done, elapsed in [(0, 0), (10, 0.5), (20, 1.0), (25, 1.2), (40, 2.0), (80, 4)]:
         show(jaxbp.train.EpochProgress(2, 3, done, 80, elapsed))
     text = stream.getvalue()
@@ -745,7 +747,7 @@ def test_progress_bar_on_a_terminal():
     assert frames[1].startswith("[############............] epoch 2/3: step 40/80")
     assert frames[2] == "\x1b[K"
     quiet = io.StringIO()
-    show = cli._EpochProgress(quiet, bar=True)
+    show = train_cli._EpochProgress(quiet, bar=True)
     for done in (0, 5, 10):  # an epoch under 3 s shows nothing
         show(jaxbp.train.EpochProgress(1, 1, done, 10, done / 10))
     assert quiet.getvalue() == ""
@@ -774,8 +776,11 @@ def test_resume_with_another_model_is_refused_naming_it(
             "--model conflicts with --activation and --output-activation",
         ),
         (["--model", "dense(10),fo(3)"], "at 'fo' (character 11): unknown layer"),
-        (["--model", "flatten,dense(7)"], "--model ends with 7 outputs"),
-        (["--model", "bn-res", "--dp-clip", "1"], "DP-SGD (--dp-clip) needs per-"),
+        (["--model", "flatten,dense(7)"], "--model: model ends with 7 outputs"),
+        (
+            ["--model", "bn-res", "--dp-clip", "1"],
+            "--dp-clip: DP-SGD (dp_clip) needs per-",
+        ),
     ],
 )
 def test_bad_models_fail_with_one_line(tiny_data, tmp_path, flags, message):
@@ -789,9 +794,46 @@ def test_bad_models_fail_with_one_line(tiny_data, tmp_path, flags, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "settings", "flag"),
+    [
+        (
+            ["--grad", "direct-feedback-alignment", "--model", "lenet"],
+            {"grad": "direct-feedback-alignment", "model": "lenet"},
+            "--grad",
+        ),
+        (["--dp-noise", "1"], {"dp_noise": 1.0}, "--dp-noise"),
+        (
+            ["--grad", "manual", "--align-every", "3"],
+            {"grad": "manual", "align_every": 3},
+            "--align-every",
+        ),
+        (
+            ["--output-activation", "sigmoid"],
+            {"output_activation": "sigmoid"},
+            "--output-activation",
+        ),
+        (["--model", "flatten,dense(7)"], {"model": "flatten,dense(7)"}, "--model"),
+    ],
+)
+def test_a_setting_error_names_its_flag_and_keeps_the_message(
+    tiny_data, tmp_path, flags, settings, flag
+):
+    # The library's ConfigError carries the setting; the CLI puts the flag of that
+    # dest before the library's message and leaves the message as it is.
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**settings)
+    argv = ["train", "--data-dir", str(tiny_data), "--out", str(tmp_path / "run")]
+    rc, stdout, stderr = _main([*argv, *flags])
+    assert rc == 2 and stdout == ""
+    assert stderr == f"jaxbp train: error: {flag}: {info.value}\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_model_flag_help_and_defaults():
     args = cli.build_parser().parse_args(["train", "--model", "mlp", "--hidden", "8"])
-    assert cli.config_from_args(args) == TrainConfig(hidden=(8,))  # mlp: no conflict
+    # mlp: no conflict
+    assert train_cli.config_from_args(args) == TrainConfig(hidden=(8,))
     sub = next(
         a
         for a in cli.build_parser()._actions
@@ -800,13 +842,13 @@ def test_model_flag_help_and_defaults():
     help_text = " ".join(sub.choices["train"].format_help().split())
     for name in jaxbp.models.PRESETS:
         assert f"{name}: " in help_text
-    assert cli._default_run_name(TrainConfig(model="lenet", grad="autodiff")) == (
+    assert train_cli._default_run_name(TrainConfig(model="lenet", grad="autodiff")) == (
         "fashion_mnist-lenet-autodiff"
     )
-    assert cli._default_run_name(TrainConfig(model=MODEL)) == (
+    assert train_cli._default_run_name(TrainConfig(model=MODEL)) == (
         "fashion_mnist-model-manual"
     )
-    assert cli._default_run_name(TrainConfig()) == "fashion_mnist-manual"
+    assert train_cli._default_run_name(TrainConfig()) == "fashion_mnist-manual"
 
 
 # --- jaxbp check

@@ -16,7 +16,8 @@ import pytest
 import jaxbp
 import jaxbp.data
 from jaxbp import cli, optim, train
-from jaxbp.config import TrainConfig, fit, setup
+from jaxbp.cli import train as train_cli
+from jaxbp.config import ConfigError, TrainConfig, fit, setup
 
 TRAINING_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "training.md"
 NUM_TRAIN, NUM_TEST = 300, 50
@@ -67,7 +68,7 @@ def _load_any_size(name, split, **kwargs):
 # --- TrainConfig
 def test_defaults_are_those_of_jaxbp_train():
     args = cli.build_parser().parse_args(["train"])
-    assert cli.config_from_args(args) == TrainConfig()
+    assert train_cli.config_from_args(args) == TrainConfig()
     config = TrainConfig()
     assert config.sizes == (784, 100, 10)
     assert config.lr == optim.DEFAULT_LEARNING_RATES["adam"]
@@ -142,6 +143,25 @@ def test_is_frozen_and_hashable():
 def test_invalid_settings_are_named(settings, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"grad": "numeric"}, "grad"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"dp_noise": 1.0}, "dp_noise"),
+        ({"grad": "manual", "align_every": 2}, "align_every"),
+        ({"grad": "direct-feedback-alignment", "model": "lenet"}, "grad"),
+        ({"grad": "feedback-alignment", "dp_clip": 1.0}, "dp_clip"),
+        ({"output_activation": "sigmoid"}, "output_activation"),
+        ({"model": "flatten,dense(5)"}, "model"),
+    ],
+)
+def test_invalid_settings_carry_their_field(settings, field):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**settings)
+    assert isinstance(info.value, ValueError) and info.value.field == field
 
 
 def test_dict_round_trip_through_json():

@@ -177,7 +177,10 @@ def test_resume_with_another_rule_is_refused(fa_run, tiny_data, tmp_path):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--grad", "manual", "--align-every", "3"], "--align-every measures a"),
+        (
+            ["--grad", "manual", "--align-every", "3"],
+            "--align-every: align_every measures a",
+        ),
         (["--grad", DFA, "--model", "lenet"], "cannot train layer 2 of"),
         (["--grad", FA, "--dp-clip", "1"], "DP-SGD is not supported"),
         (["--grad", "backprop"], "invalid choice: 'backprop'"),

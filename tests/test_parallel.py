@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxbp import cli, data, optim, parallel, train
+from jaxbp.cli import train as train_cli
 from jaxbp.data import datasets
 from jaxbp.mlp import MLP
 
@@ -182,7 +183,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.fixture
 def any_size_datasets(monkeypatch):
     monkeypatch.setattr(datasets, "DATASETS", _any_size(datasets.DATASETS))
-    monkeypatch.setattr(cli, "_plot_curves", lambda *args: False)
+    monkeypatch.setattr(train_cli, "_plot_curves", lambda *args: False)
 
 
 @pytest.fixture(scope="module")

@@ -288,11 +288,13 @@ def fetch_split(
     missing = [archive for archive in archives if archive.filename not in found]
     if missing and data_dir is not None:
         paths = ", ".join(str(folders[0][0] / a.filename) for a in missing)
-        raise DataNotFoundError(
+        error = DataNotFoundError(
             f"{spec.name} {split!r} split: not found: {paths}. data_dir= must be "
             f"the folder holding the files {_names(archives)} themselves; nothing "
             "is downloaded when data_dir is given."
         )
+        error.field = "data_dir"
+        raise error
     offline_source = _offline_source(offline)
     if missing and offline_source:
         raise DataNotFoundError(

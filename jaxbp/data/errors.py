@@ -14,7 +14,15 @@ Hierarchy::
 
 
 class DataError(Exception):
-    """Base class for every error raised by :mod:`jaxbp.data`."""
+    """Base class for every error raised by :mod:`jaxbp.data`.
+
+    Attributes:
+      field: the argument at fault, when one is (``"data_dir"`` for a folder given
+        that lacks a file), else ``None``; a caller that names its arguments
+        otherwise (the command line's flags) prefixes its own name to the message.
+    """
+
+    field: str | None = None
 
 
 class DataNotFoundError(DataError, FileNotFoundError):

@@ -7,7 +7,7 @@
 
 This package computes; it does not present. The trace is written out as terminal
 text, JSON or one web page by :mod:`jaxbp.render`, and ``jaxbp explain`` is the
-command line's (:mod:`jaxbp.cli_explain`).
+command line's (:mod:`jaxbp.cli.explain`).
 """
 
 from jaxbp.explainer.examples import (

@@ -1,20 +1,28 @@
-"""What ``jaxbp explain`` does, as a function: flag values in, rendered trace out.
+"""``jaxbp explain``: one step of a small network, every number.
 
-The command line's side of :mod:`jaxbp.explainer`: :mod:`jaxbp.cli` parses the flags
-and prints; everything a learner can get wrong (a parameter file that is not JSON,
-shapes that do not chain, a network too large to read, inputs of the wrong length,
-flags that do not go together) is checked here and raised as a ``ValueError`` whose
-message is one line and names the flag. The library's errors say what is wrong with a
-value; an :class:`~jaxbp.explainer.InputError` carries the argument it came in as,
-and this module names its flag.
+The command line's side of :mod:`jaxbp.explainer`: :func:`add_parser` declares the
+flags, :func:`explain_page` turns their values into the rendered trace, and
+:func:`run` prints or writes it. Everything a learner can get wrong (a parameter file
+that is not JSON, shapes that do not chain, a network too large to read, inputs of the
+wrong length, flags that do not go together) is checked in :func:`explain_page` and
+raised as a ``ValueError`` whose message is one line and names the flag. The
+library's errors say what is wrong with a value; an
+:class:`~jaxbp.explainer.InputError` carries the argument it came in as, and this
+module names its flag.
 """
 
+import pathlib
+import sys
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp import explainer
+from jaxbp._atomic import write_atomically
+from jaxbp.cli import _flags
+from jaxbp.cli._flags import UsageError
 from jaxbp.explainer import examples as examples_lib
 from jaxbp.explainer.inputs import (
     InputError,
@@ -32,7 +40,130 @@ FORMATS = ("text", "json", "html")
 DEFAULT_LR = 0.5
 
 
-def run(
+def add_parser(sub) -> None:
+    """Adds ``explain`` to the ``jaxbp`` subcommands ``sub``."""
+    ex = sub.add_parser(
+        "explain",
+        help="show every number of one backpropagation step of a small network",
+        description="Trace one gradient-descent step of a small MLP on one example "
+        "(or a few): the forward pass, the loss, the delta of every unit, the chain "
+        "rule for every weight and bias (sum over paths and matrix form), the "
+        "manual gradient beside jax.grad's, and the weights after the step. At most "
+        "8 units per layer, 4 layers and 4 examples.",
+        epilog="Examples: jaxbp explain --example sigmoid-2-2-2 | jaxbp explain "
+        "--params params.json --activation sigmoid --output-activation sigmoid "
+        "--loss half_sse --x 0.1,0.2 --y 0.4,0.6 --format html --out step.html",
+    )
+    ex.add_argument(
+        "--example",
+        choices=explainer.example_names(),
+        help="a worked example shipped with jaxbp (its network, parameters, data "
+        "and learning rate; its published numbers are checked, exit 1 if one fails) "
+        "(default: none)",
+    )
+    ex.add_argument(
+        "--sizes",
+        type=_flags.sizes,
+        help="layer widths, input first, e.g. 2,2,2 (default: from --params)",
+    )
+    _flags.add_net_flags(
+        ex,
+        activation="sigmoid",
+        output_activation="identity",
+        loss="softmax_cross_entropy",
+    )
+    ex.add_argument(
+        "--params",
+        type=pathlib.Path,
+        metavar="FILE",
+        help='JSON parameters: [{"w": [[...]], "b": [...]}, ...], w shaped '
+        "(fan_in, fan_out) (default: none; then --seed draws them)",
+    )
+    ex.add_argument(
+        "--seed",
+        type=int,
+        help="draw the parameters from this seed instead of --params (default: none)",
+    )
+    ex.add_argument(
+        "--x",
+        action="append",
+        metavar="X1,X2,...",
+        help="inputs of one example, comma-separated; repeat for a small batch "
+        "(write --x=-1,2 when the first number is negative) (default: none)",
+    )
+    ex.add_argument(
+        "--y",
+        action="append",
+        metavar="T1,T2,...",
+        help="targets of one example (or one integer class label); repeat with --x "
+        "(--y=-1,2 when the first is negative) (default: none)",
+    )
+    ex.add_argument(
+        "--lr",
+        type=_flags.positive_float,
+        help="learning rate of the step (default: the example's, else 0.5)",
+    )
+    ex.add_argument(
+        "--digits", type=int, default=8, help="decimals shown (default: %(default)s)"
+    )
+    ex.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text for the terminal, json, or one self-contained html page "
+        "(default: %(default)s)",
+    )
+    ex.add_argument(
+        "--out",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="write here (default: standard output)",
+    )
+    ex.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """``jaxbp explain``: 0, or 1 if an example's published numbers do not reproduce."""
+    try:
+        output, ok = explain_page(
+            example=args.example,
+            sizes=args.sizes,
+            activation=args.activation,
+            output_activation=args.output_activation,
+            loss=args.loss,
+            params_path=args.params,
+            seed=args.seed,
+            x=args.x or (),
+            y=args.y or (),
+            lr=args.lr,
+            output_format=args.format,
+            digits=args.digits,
+        )
+    except (ValueError, TypeError, OSError) as e:
+        raise UsageError(str(e)) from None
+    if args.out is None:
+        sys.stdout.write(output)
+    else:
+        try:
+            write_atomically(args.out, output.encode())
+        except OSError as e:
+            raise UsageError(_cannot_write(args.out, e)) from None
+        print(f"wrote {args.out}")
+    return 0 if ok else 1
+
+
+def _cannot_write(path: pathlib.Path, error: OSError) -> str:
+    """Why ``--out`` was not written, naming it rather than the temporary file."""
+    if path.is_dir():
+        return f"--out {path} is a folder; name a file in it, e.g. {path / 'step.html'}"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"--out {path}: {path.parent} is a file, not a folder"
+    if not path.parent.exists():
+        return f"--out {path}: the folder {path.parent} does not exist"
+    return f"--out {path}: cannot write the file ({error.strerror or error})"
+
+
+def explain_page(
     *,
     example: str | None = None,
     sizes: Sequence[int] | None = None,
