@@ -334,6 +334,10 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
     loss, grads, model_state = _step_grads(net, grad, state, x, y, mesh=mesh, dp=dp)
     if isinstance(optimizer, optax.GradientTransformationExtraArgs):
         # The batch for optimizers that read it (K-FAC's factors); others ignore it.
+        if mesh is not None:
+            # The whole batch on every device (unused, and dropped, unless read).
+            whole = parallel.replicated(mesh)
+            x, y = parallel.constrain(x, whole), parallel.constrain(y, whole)
         updates, opt_state = optimizer.update(
             grads, state.opt_state, state.params, x=x, y=y
         )

@@ -1,6 +1,9 @@
 """Training with ``optimizer="kfac"``: the step passes the batch, refusals, resume."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -99,3 +102,41 @@ def test_kfac_resume_from_a_checkpoint_is_bitwise(tmp_path):
     resumed, _, _ = fit(run._replace(state=restored), start_epoch=1)
     assert _trees_equal(resumed.params, whole.params)
     assert _trees_equal(resumed.opt_state, whole.opt_state)
+
+
+_MESH_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxbp import MLP, optim, parallel, train
+assert jax.device_count() == 2
+net = MLP((6, 5, 3), "tanh")
+opt = optim.make_optimizer("kfac", 0.1, net=net)
+start = train.init_train_state(net, opt, jax.random.key(0))
+mesh = parallel.make_data_mesh(2)
+runs = []
+for m in (None, mesh):
+    state = start if m is None else train.replicate_train_state(start, m)
+    step = train.make_train_step(net, opt, mesh=m)
+    for i in range(3):
+        batch = (jax.random.normal(jax.random.key(i), (8, 6)), jnp.arange(8) % 3)
+        state, _ = step(state, batch if m is None else parallel.global_batch(batch, m))
+    runs.append(state)
+for a, b in zip(*(jax.tree.leaves((s.params, s.opt_state)) for s in runs)):
+    # float32: the devices' partial sums add in another order; inverses amplify it
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+print("same")
+"""
+
+
+def test_kfac_on_a_mesh_matches_one_device():
+    # The factors of the global batch, inside the compiled step: 2 CPU devices in a
+    # subprocess (JAX fixes its device count when it starts).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _MESH_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr
