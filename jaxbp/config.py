@@ -43,6 +43,7 @@ import optax
 
 from jaxbp import data, feedback, models, optim, train
 from jaxbp.activations import ACTIVATIONS
+from jaxbp.curvature.network import check_supported as check_kfac_supported
 from jaxbp.layers import LayerShapeError
 from jaxbp.losses import LOSSES
 from jaxbp.mlp import MLP
@@ -87,7 +88,9 @@ class TrainConfig:
         or a learning rule of :mod:`jaxbp.feedback`: ``feedback-alignment``,
         ``direct-feedback-alignment`` or ``sign-symmetry`` (its feedback matrices
         drawn from ``seed``).
-      optimizer: one of :data:`jaxbp.optim.OPTIMIZERS`.
+      optimizer: one of :data:`jaxbp.optim.OPTIMIZERS`. ``kfac`` refuses DP-SGD,
+        the learning rules and layers its curvature code has no rule for
+        (BatchNorm, LayerNorm, Dropout, ...).
       lr: the (peak) learning rate; ``None`` (the default) takes the optimizer's
         default from :data:`jaxbp.optim.DEFAULT_LEARNING_RATES`, and the config then
         holds that number. (So ``dataclasses.replace(config, optimizer="sgd")`` keeps
@@ -209,6 +212,28 @@ class TrainConfig:
             self._check_supported(net)
         else:
             self._check_model()
+        if self.optimizer == "kfac":
+            self._check_kfac()
+
+    def _check_kfac(self) -> None:
+        """Refuses what K-FAC's preconditioner cannot train."""
+        if self.dp_clip is not None:
+            raise ValueError(
+                "optimizer kfac does not work with DP-SGD (dp_clip): its Kronecker "
+                "factors are computed from the raw batch, unclipped and un-noised, so "
+                "the updates would leak what the privacy guarantee hides; use another "
+                "optimizer"
+            )
+        if self.grad in feedback.RULES:
+            raise ValueError(
+                "optimizer kfac preconditions the gradient by the network's curvature; "
+                f"it does not apply to the learning rule {self.grad}'s updates: use "
+                "grad manual or autodiff, or another optimizer"
+            )
+        try:
+            check_kfac_supported(self.net, "optimizer kfac")
+        except ValueError as e:
+            raise ValueError(f"{e}; choose another optimizer") from None
 
     def _check_supported(self, net) -> None:
         """Checks that the training step can run ``net`` with this rule and DP."""
@@ -469,6 +494,7 @@ def setup(
         config.lr,
         schedule=config.schedule,
         total_steps=config.epochs * steps_per_epoch,
+        net=net,
     )
     state = train.init_train_state(
         net,

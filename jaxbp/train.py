@@ -331,6 +331,30 @@ def _sequential_value_and_grad(net: Sequential, grad: str, state: TrainState, x,
 
 def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=None):
     """One optimisation step on a batch; returns the new state and the batch loss."""
+    loss, grads, model_state = _step_grads(net, grad, state, x, y, mesh=mesh, dp=dp)
+    if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        # The batch for optimizers that read it (K-FAC's factors); others ignore it.
+        if mesh is not None:
+            # The whole batch on every device (unused, and dropped, unless read).
+            whole = parallel.replicated(mesh)
+            x, y = parallel.constrain(x, whole), parallel.constrain(y, whole)
+        updates, opt_state = optimizer.update(
+            grads, state.opt_state, state.params, x=x, y=y
+        )
+    else:
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state._replace(
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        step=state.step + 1,
+        model_state=model_state,
+    )
+    return new_state, loss
+
+
+def _step_grads(net, grad, state: TrainState, x, y, *, mesh=None, dp=None):
+    """``(loss, grads, model_state)`` of one step: a rule's update in the gradient's
+    place, DP-SGD's noised clipped mean, or the gradient."""
     if grad in rules.RULES:
         # The rule's update in the gradient's place; its feedback never changes.
         key = dropout_key(state.key, state.step) if _uses(net, Dropout) else None
@@ -344,26 +368,10 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
             state=state.model_state,
             key=key,
         )
-        updates, opt_state = optimizer.update(updates, state.opt_state, state.params)
-        new_state = state._replace(
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-            step=state.step + 1,
-            model_state=model_state,
-        )
-        return new_state, loss
+        return loss, updates, model_state
     if isinstance(net, Sequential) and mesh is None and dp is None:
         # Running statistics in, updated statistics out; a key for Dropout.
-        loss, grads, model_state = _sequential_value_and_grad(net, grad, state, x, y)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state._replace(
-            params=params,
-            opt_state=opt_state,
-            step=state.step + 1,
-            model_state=model_state,
-        )
-        return new_state, loss
+        return _sequential_value_and_grad(net, grad, state, x, y)
     # An MLP, a Sequential without state or randomness on a mesh, or DP-SGD (no
     # BatchNorm: check_supported): the plain value and gradient.
     if dp is None:
@@ -390,9 +398,7 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
             noise_multiplier=dp.noise_multiplier,
             batch_size=x.shape[0],
         )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+    return loss, grads, state.model_state
 
 
 def make_train_step(

@@ -30,7 +30,7 @@ SCRIPTS = (
     "learning_rules_speed",
 )
 #: Scripts that need the real MNIST/Fashion-MNIST files (``JAXBP_DATA_DIR``).
-DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy", "learning_rules")
+DATA_SCRIPTS = ("data_load_speed", "mnist_accuracy", "learning_rules", "kfac_vs_adam")
 TIMEOUT_S = 600
 
 

@@ -2,15 +2,16 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from jaxbp import optim
+from jaxbp import MLP, optim
 
 
-@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("name", [n for n in optim.OPTIMIZERS if n != "kfac"])
 @pytest.mark.parametrize("schedule", optim.SCHEDULES)
 def test_make_optimizer_builds_every_optimizer(name, schedule):
     optimizer = optim.make_optimizer(
@@ -20,6 +21,22 @@ def test_make_optimizer_builds_every_optimizer(name, schedule):
     params = {"w": jnp.ones(3)}
     updates, _ = optimizer.update({"w": jnp.ones(3)}, optimizer.init(params), params)
     assert np.all(np.asarray(updates["w"]) < 0)  # a descent step
+
+
+@pytest.mark.parametrize("schedule", optim.SCHEDULES)
+def test_make_optimizer_builds_kfac_from_the_network(schedule):
+    net = MLP((3, 4, 2), "tanh")
+    lr = optim.DEFAULT_LEARNING_RATES["kfac"]
+    optimizer = optim.make_optimizer(
+        "kfac", lr, schedule=schedule, total_steps=10, net=net
+    )
+    assert isinstance(optimizer, optax.GradientTransformationExtraArgs)
+    params = net.init(jax.random.key(0))
+    x, y = jax.random.normal(jax.random.key(1), (5, 3)), jnp.array([0, 1, 1, 0, 1])
+    grads = net.manual_grad(params, x, y)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params, x=x, y=y)
+    # a descent direction: the damped inverse factors are positive definite
+    assert float(optax.tree.vdot(updates, grads)) < 0
 
 
 def test_cosine_schedule_decays_to_zero():

@@ -1,0 +1,265 @@
+"""K-FAC against Adam on MNIST: epochs and seconds to 98 % test accuracy.
+
+Trains 784-512-512-10 ReLU (softmax cross-entropy, batch 64, float32, cosine decay to
+zero over the run) through ``python -m jaxbp train --dataset mnist`` as a user would,
+with ``--optimizer kfac`` (:func:`jaxbp.curvature.scale_by_kfac`: damping 0.1, the
+inverse factors refreshed every 10 steps, then the learning rate) and with
+``--optimizer adam``, and reads each run's ``metrics.json``.
+
+1. A learning-rate grid per optimizer (``GRIDS``), seed 0, ``GRID_EPOCHS`` epochs;
+   each optimizer keeps the rate with the best final test accuracy.
+2. Seeds 0, 1 and 2 at the chosen rates, ``EPOCHS`` epochs each.
+
+Per run: the test accuracy after every epoch, the epoch wall-clock times (training
+only, as ``jaxbp train`` records them: compilation and evaluation excluded), the
+epochs and seconds to 98 % test accuracy (``None`` if never reached) and the final
+accuracy; a summary per optimizer, and the curves against epochs and against seconds.
+The comparison is reported as it comes out, whichever optimizer wins.
+
+Cost, measured with ``nice -n 10`` on the shared 2-core CPU of the development machine
+while other trainings and tests ran on it (so upper bounds, and noisy): one epoch of
+this network (937 steps of 64) took 20.8 s with Adam (lr 2e-3; 0.9759 test accuracy)
+and 282 s with K-FAC (lr 0.2; 0.9787), under heavier load; 300 K-FAC steps in the
+damping grid took about 30 s, i.e. about 95 s an epoch. K-FAC's step is several Adams:
+``A^-1 Theta G^-1`` is two products with the 785x785 and 512x512 inverses every step
+(for the first layer alone about 4x the whole gradient's FLOPs), and every 10 steps
+the factors and their inverses. Each run also spends about 20-50 s starting, loading
+MNIST and compiling. The full run (3 + 3 grid runs of 2 epochs, then 3 + 3 runs of 10
+epochs) is therefore dominated by K-FAC's 36 epochs: about 1.3 h at 95 s an epoch,
+up to about 3 h at 280 s, and Adam's 36 epochs add about 15 min. ``--quick``
+(784-32-32-10, one rate each, one epoch, seed 0) took 96 s; it is a smoke test of the
+pipeline, not of the result, and writes under ``experiments/results/quick/`` (never
+over the published results).
+
+Writes ``kfac_vs_adam.json`` and ``kfac_vs_adam.png``.
+
+Example:
+  JAXBP_DATA_DIR=../shared/data python experiments/kfac_vs_adam.py
+"""
+
+import json
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import _common
+
+TARGET = 0.98
+OPTIMIZERS = ("kfac", "adam")
+#: The learning rates tried per optimizer (seed 0, GRID_EPOCHS epochs each).
+GRIDS = {"kfac": (0.05, 0.2, 0.5), "adam": (1e-3, 2e-3, 4e-3)}
+#: The one rate each tries with --quick (the default of jaxbp.optim).
+QUICK_GRIDS = {"kfac": (0.2,), "adam": (2e-3,)}
+GRID_EPOCHS = 2
+EPOCHS = 10
+COMMON_FLAGS = ["--dataset", "mnist", "--activation", "relu", "--batch-size", "64"]
+HIDDEN, QUICK_HIDDEN = "512,512", "32,32"
+
+
+def train_command(
+    optimizer: str, lr: float, seed: int, epochs: int, *, quick: bool = False
+) -> list[str]:
+    """The ``jaxbp train`` arguments of one run (without ``--out``)."""
+    hidden = QUICK_HIDDEN if quick else HIDDEN
+    return [
+        "train",
+        *COMMON_FLAGS,
+        "--hidden",
+        hidden,
+        "--optimizer",
+        optimizer,
+        "--lr",
+        f"{lr:g}",
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+    ]
+
+
+def run_cli(args: list[str], out: pathlib.Path) -> dict:
+    """Runs ``python -m jaxbp <args> --out OUT``; returns its ``metrics.json``."""
+    command = [sys.executable, "-m", "jaxbp", *args, "--out", str(out)]
+    proc = subprocess.run(command, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"kfac_vs_adam: `jaxbp {shlex.join(args)}` exited {proc.returncode}"
+        )
+    return json.loads((out / "metrics.json").read_text())
+
+
+def to_target(accuracies: list[float], epoch_times: list[float]):
+    """``(epochs, seconds)`` until the test accuracy first reaches :data:`TARGET`,
+    or ``(None, None)``."""
+    for i, acc in enumerate(accuracies):
+        if acc >= TARGET:
+            return i + 1, sum(epoch_times[: i + 1])
+    return None, None
+
+
+def one_run(optimizer, lr, seed, epochs, *, quick, phase, folder) -> dict:
+    """Trains one run and returns its record."""
+    cli_args = train_command(optimizer, lr, seed, epochs, quick=quick)
+    print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
+    t0 = time.perf_counter()
+    m = run_cli(cli_args, folder)
+    accs = [h["test_accuracy"] for h in m["history"]]
+    times = m["timing"]["epoch_times_s"]
+    epochs_to, seconds_to = to_target(accs, times)
+    return {
+        "phase": phase,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+        "quick": quick,
+        "command": f"jaxbp {shlex.join(cli_args)}",
+        "config": m["config"],
+        "num_params": m["num_params"],
+        "test_accuracy_per_epoch": accs,
+        "train_loss_per_epoch": [h["train_loss"] for h in m["history"]],
+        "epoch_times_s": times,
+        "compile_s": m["timing"].get("compile_s"),
+        "epochs_to_target": epochs_to,
+        "seconds_to_target": seconds_to,
+        "final_test_accuracy": m["final_test_accuracy"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per optimizer over its seed runs."""
+    rows = []
+    for optimizer in OPTIMIZERS:
+        mine = [
+            r for r in runs if r["optimizer"] == optimizer and r["phase"] == "seeds"
+        ]
+        if not mine:
+            continue
+        accs = [r["final_test_accuracy"] for r in mine]
+        rows.append({
+            "optimizer": optimizer,
+            "lr": mine[0]["lr"],
+            "seeds": [r["seed"] for r in mine],
+            "final_test_accuracy_by_seed": accs,
+            "final_test_accuracy_mean": _mean(accs),
+            "epochs_to_target_by_seed": [r["epochs_to_target"] for r in mine],
+            "seconds_to_target_by_seed": [r["seconds_to_target"] for r in mine],
+            "reached_target": sum(r["epochs_to_target"] is not None for r in mine),
+            "epochs_to_target_mean": _mean([r["epochs_to_target"] for r in mine]),
+            "seconds_to_target_mean": _mean([r["seconds_to_target"] for r in mine]),
+            "median_epoch_s": statistics.median(
+                t for r in mine for t in r["epoch_times_s"]
+            ),
+        })  # fmt: skip
+    return rows
+
+
+def plot(runs: list[dict], path: pathlib.Path) -> None:
+    """Test accuracy of the seed runs against epochs and against training seconds."""
+    plt = _common.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"kfac": "C0", "adam": "C1"}
+    for r in runs:
+        if r["phase"] != "seeds":
+            continue
+        accs = r["test_accuracy_per_epoch"]
+        seconds, total = [], 0.0
+        for t in r["epoch_times_s"]:
+            total += t
+            seconds.append(total)
+        label = f"{r['optimizer']} lr {r['lr']:g}" if r["seed"] == 0 else None
+        for ax, xs in zip(axes, (range(1, len(accs) + 1), seconds), strict=True):
+            ax.plot(xs, accs, marker="o", ms=3, color=colors[r["optimizer"]],
+                    alpha=0.8, label=label)  # fmt: skip
+    for ax, xlabel in zip(axes, ("epoch", "training seconds"), strict=True):
+        ax.axhline(TARGET, color="0.5", lw=0.8, ls=":")
+        ax.set(xlabel=xlabel, ylabel="test accuracy", ylim=(0.95, 1.0))
+        ax.legend(fontsize=8)
+    axes[0].set_title("784-512-512-10 ReLU, MNIST: test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = _common.make_parser(__doc__)
+    args = parser.parse_args(argv)
+    environment = _common.environment()
+    grids = QUICK_GRIDS if args.quick else GRIDS
+    grid_epochs = 1 if args.quick else GRID_EPOCHS
+    epochs = 1 if args.quick else EPOCHS
+    seeds = (0,) if args.quick else (0, 1, 2)
+
+    runs, chosen = [], {}
+    with tempfile.TemporaryDirectory(prefix="kfac_vs_adam-") as tmp:
+        folder = lambda: pathlib.Path(tmp) / str(len(runs))  # noqa: E731
+        for optimizer in OPTIMIZERS:
+            grid = grids[optimizer]
+            if len(grid) > 1:
+                for lr in grid:
+                    runs.append(one_run(optimizer, lr, 0, grid_epochs,
+                                        quick=args.quick, phase="grid",
+                                        folder=folder()))  # fmt: skip
+                tried = [r for r in runs if r["optimizer"] == optimizer]
+                best = max(tried, key=lambda r: r["final_test_accuracy"])
+                chosen[optimizer] = best["lr"]
+            else:
+                chosen[optimizer] = grid[0]
+        for seed in seeds:
+            for optimizer in OPTIMIZERS:
+                runs.append(one_run(optimizer, chosen[optimizer], seed, epochs,
+                                    quick=args.quick, phase="seeds",
+                                    folder=folder()))  # fmt: skip
+
+    summary = summarize(runs)
+    print(f"\n{'optimizer':<9} {'lr':>7} {'final accuracy by seed':<26} "
+          f"{'epochs to 98%':<14} seconds to 98%")  # fmt: skip
+    for row in summary:
+        accs = ", ".join(f"{a:.4f}" for a in row["final_test_accuracy_by_seed"])
+        eps = ", ".join(str(e) for e in row["epochs_to_target_by_seed"])
+        secs = ", ".join(
+            "None" if s is None else f"{s:.1f}"
+            for s in row["seconds_to_target_by_seed"]
+        )
+        print(f"{row['optimizer']:<9} {row['lr']:>7g} {accs:<26} {eps:<14} {secs}")
+    if args.quick:
+        print("(--quick: 784-32-32-10, one epoch, one rate: not the result)")
+    record = {
+        "command": _common.command_line(__file__, argv),
+        "quick": args.quick,
+        "data_dir": os.environ.get("JAXBP_DATA_DIR"),
+        "settings": {
+            "common_flags": COMMON_FLAGS,
+            "hidden": QUICK_HIDDEN if args.quick else HIDDEN,
+            "grids": grids,
+            "grid_epochs": grid_epochs,
+            "epochs": epochs,
+            "seeds": list(seeds),
+            "target": TARGET,
+            "chosen_lr": chosen,
+        },
+        "environment": environment,
+        "summary": summary,
+        "runs": runs,
+    }
+    path = _common.write_json(args.out / "kfac_vs_adam.json", record)
+    try:
+        plot(runs, args.out / "kfac_vs_adam.png")
+        print(f"wrote {path}, {args.out / 'kfac_vs_adam.png'}")
+    except ImportError:
+        print(f"wrote {path} (no matplotlib: no plot)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
