@@ -218,22 +218,24 @@ class TrainConfig:
     def _check_kfac(self) -> None:
         """Refuses what K-FAC's preconditioner cannot train."""
         if self.dp_clip is not None:
-            raise ValueError(
+            raise ConfigError(
+                "optimizer",
                 "optimizer kfac does not work with DP-SGD (dp_clip): its Kronecker "
                 "factors are computed from the raw batch, unclipped and un-noised, so "
                 "the updates would leak what the privacy guarantee hides; use another "
-                "optimizer"
+                "optimizer",
             )
         if self.grad in feedback.RULES:
-            raise ValueError(
+            raise ConfigError(
+                "optimizer",
                 "optimizer kfac preconditions the gradient by the network's curvature; "
                 f"it does not apply to the learning rule {self.grad}'s updates: use "
-                "grad manual or autodiff, or another optimizer"
+                "grad manual or autodiff, or another optimizer",
             )
         try:
             check_kfac_supported(self.net, "optimizer kfac")
         except ValueError as e:
-            raise ValueError(f"{e}; choose another optimizer") from None
+            raise ConfigError("optimizer", f"{e}; choose another optimizer") from None
 
     def _check_supported(self, net) -> None:
         """Checks that the training step can run ``net`` with this rule and DP."""
