@@ -5,7 +5,7 @@ Every bug is written as a user's own ``grad_fun`` for two functions, in float32 
 float64:
 
 * ``mlp``: a 6-5-5-3 tanh network with softmax cross-entropy (the mean over a batch of
-  4), checked with ``jaxbp.check_gradients(net, params, x, y, grad_fun=...)``, which
+  4), checked with ``jaxbp.check_network_grad(net, params, x, y, grad_fun=...)``, which
   names the first wrong layer from the output down;
 * ``layernorm``: a LayerNorm classifier over a dict of parameters,
   ``{"embed": {"w"}, "norm": {"gain", "bias"}, "head": {"w", "b"}}``: ``h = x We``,
@@ -298,7 +298,7 @@ def run_case(model: str, bug: str, dtype: str) -> dict:
             paths = [f"[{l}]['{n}']" for l in range(net.depth) for n in ("b", "w")]
 
             def check():
-                return jaxbp.check_gradients(
+                return jaxbp.check_network_grad(
                     net,
                     params,
                     x,

@@ -2,7 +2,7 @@
 
 For each hidden activation, each loss and depth 1-4 (8-16-...-16-4 networks: depth 1
 is 8-4, depth 4 is 8-16-16-16-4), at a few batch sizes with fixed seeds, runs
-jaxbp.check_gradients twice: in float32 (manual vs jax.grad in float32, finite
+jaxbp.check_network_grad twice: in float32 (manual vs jax.grad in float32, finite
 differences in float32) and in float64 (all in float64), at the same parameters and
 batch, every coordinate. Records the max relative error (|a - b| / max(|a|, |b|, tiny),
 max over leaves) of manual vs autodiff, and of manual and autodiff vs central finite
@@ -33,7 +33,8 @@ import numpy as np
 
 import jaxbp
 from jaxbp.finite_differences import machine_eps
-from jaxbp.gradcheck import FD_SAFETY, GRAD_RTOL
+from jaxbp.gradcheck.check import FD_SAFETY
+from jaxbp.gradcheck.report import GRAD_RTOL
 
 #: float32's default finite-difference step for a parameter of scale 1.
 H32 = machine_eps("float32") ** (1 / 3)
@@ -81,7 +82,9 @@ def one_case(activation: str, loss: str, depth: int, batch: int, seed: int) -> d
         "num_params": net.num_params,
     }
     for dtype in ("float32", "float64"):
-        report = jaxbp.check_gradients(net, params, x, y, dtype=dtype, fd_dtype=dtype)
+        report = jaxbp.check_network_grad(
+            net, params, x, y, dtype=dtype, fd_dtype=dtype
+        )
         manual_auto, manual_fd, auto_fd = report.comparisons
         for name, comp in (
             ("manual_vs_autodiff", manual_auto),
@@ -112,7 +115,7 @@ def diagnose_fd32(row: dict) -> dict:
         ("float64_at_float32_step", "float64", h32),
         ("float32_at_step_over_10", "float32", h32 / 10),
     ):
-        report = jaxbp.check_gradients(
+        report = jaxbp.check_network_grad(
             net, params, x, y, dtype=dtype, fd_dtype=dtype, fd_step=step
         )
         out[label] = {

@@ -1,12 +1,12 @@
 """Gradient check speed: every coordinate, a sample and random directions on 784-100-10.
 
-Times one call of ``jaxbp.check_gradients`` (the MLP check, whose perturbed points
+Times one call of ``jaxbp.check_network_grad`` (the MLP check, whose perturbed points
 recompute only the layers above the perturbed leaf) and of ``jaxbp.check_grad`` (the
 general check, which evaluates ``net.loss`` at every perturbed point, ``chunk`` at a
 time under ``vmap``) on a 784-100-10 sigmoid network with softmax cross-entropy
 (79,510 parameters), batch 32, in float64, for each finite-difference mode: every
 coordinate, a sample of 64 coordinates per leaf, 16 random directions per leaf. Also
-the Python default: ``check_gradients(net, params, x, y)`` on float32 parameters with
+the Python default: ``check_network_grad(net, params, x, y)`` on float32 parameters with
 no options, as in the README's quickstart. Each time is one whole call, compilation
 included (every call compiles its own programs), the median over ``--repeats`` rounds
 run interleaved. Writes gradcheck_speed.json.
@@ -43,7 +43,7 @@ def configs(net, quick: bool) -> dict:
     def mlp(fd):
         def run():
             with jax.enable_x64(True):
-                return jaxbp.check_gradients(net, params, x, y, fd=fd)
+                return jaxbp.check_network_grad(net, params, x, y, fd=fd)
 
         return run
 
@@ -57,7 +57,7 @@ def configs(net, quick: bool) -> dict:
     out = {
         "python_default": (
             "check_gradients(net, params, x, y), float32 params, no options",
-            lambda: jaxbp.check_gradients(net, params32, x32, y),
+            lambda: jaxbp.check_network_grad(net, params32, x32, y),
         ),
         "mlp_all": ("check_gradients, float64, fd='all'", mlp("all")),
         "mlp_sample": (

@@ -1,5 +1,5 @@
 """Layer bug catalogue: classic mistakes in convolution, pooling and BatchNorm backward
-passes, and whether ``jaxbp.check_gradients`` catches each one and names its layer.
+passes, and whether ``jaxbp.check_network_grad`` catches each one and names its layer.
 
 Each bug is a layer whose ``backward`` is written wrongly (a subclass of the library's
 layer, as a user's own layer would be), placed in a small ``jaxbp.Sequential``
@@ -243,7 +243,7 @@ def run_case(bug: str, dtype: str) -> dict:
         net, params, x, y = case(bug, dtype)
         t0 = time.perf_counter()
         try:
-            report = jaxbp.check_gradients(net, params, x, y)
+            report = jaxbp.check_network_grad(net, params, x, y)
             caught, how = not report.passed, "check"
             layer = report.first_failing_layer
             note = report.notes[-1]

@@ -21,7 +21,7 @@ model -> gradients -> train -> CLI):
 * ``jaxbp.gradcheck``: any hand-derived gradient of any pytree against ``jax.grad``
   and finite differences, leaf by leaf; a package of ``inputs`` (validation),
   ``report`` (the tables and ``compare_grads``), ``check`` (``check_grad``) and
-  ``mlp`` (``check_gradients`` for MLPs, with per-layer localisation);
+  ``mlp`` (``check_network_grad`` for network specs, with per-layer localisation);
 * ``jaxbp.curvature``: second order by hand: Hessian- and Gauss-Newton-vector
   products by the R-operator, the diagonals of the Gauss-Newton matrix and of the
   Hessian, Kronecker factors (KFLR, KFAC, KFC), and ``check_hvp``, a checker of
@@ -92,11 +92,16 @@ from jaxbp.explainer import Trace
 from jaxbp.explainer import explain
 from jaxbp.feedback import init_feedback
 from jaxbp.feedback import value_and_feedback_grad
+from jaxbp.gradcheck import CheckOptions
+from jaxbp.gradcheck import Comparison
 from jaxbp.gradcheck import GradCheckReport
+from jaxbp.gradcheck import LeafError
 from jaxbp.gradcheck import assert_grad_matches
 from jaxbp.gradcheck import assert_gradients_agree
+from jaxbp.gradcheck import assert_network_grad_matches
 from jaxbp.gradcheck import check_grad
 from jaxbp.gradcheck import check_gradients
+from jaxbp.gradcheck import check_network_grad
 from jaxbp.gradcheck import compare_grads
 from jaxbp.gradcheck import finite_difference_grad
 from jaxbp.losses import LOSSES
@@ -121,9 +126,12 @@ __version__ = "0.1.0"
 __all__ = (
     "ACTIVATIONS",
     "Activation",
+    "CheckOptions",
+    "Comparison",
     "DPConfig",
     "GradCheckReport",
     "LOSSES",
+    "LeafError",
     "Loss",
     "MLP",
     "Sequential",
@@ -135,10 +143,12 @@ __all__ = (
     "assert_grad_matches",
     "assert_gradients_agree",
     "assert_hvp_matches",
+    "assert_network_grad_matches",
     "backward",
     "check_grad",
     "check_gradients",
     "check_hvp",
+    "check_network_grad",
     "checkpoint",
     "clipped_grad",
     "compare_grads",

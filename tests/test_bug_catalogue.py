@@ -2,8 +2,8 @@
 
 The buggy ``grad_fun``s live in ``experiments/bug_catalogue.py`` (one source for the
 experiment and these tests): a 6-5-5-3 tanh MLP checked with
-``jaxbp.check_gradients(..., grad_fun=...)`` and a LayerNorm classifier over a dict of
-parameters checked with ``jaxbp.check_grad``, each in float32 and float64.
+``jaxbp.check_network_grad(..., grad_fun=...)`` and a LayerNorm classifier over a dict
+of parameters checked with ``jaxbp.check_grad``, each in float32 and float64.
 """
 
 import json

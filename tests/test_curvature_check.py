@@ -10,7 +10,7 @@ from curvature_harness import conv_net, setup
 
 from jaxbp import MLP, assert_hvp_matches, check_hvp
 from jaxbp.curvature import check, ggn_vp, hvp, products, rop
-from jaxbp.gradcheck import FD_NAME
+from jaxbp.gradcheck.report import FD_NAME
 
 
 def net_hvp(net):

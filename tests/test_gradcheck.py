@@ -1,6 +1,7 @@
 """gradcheck: any gradient of any pytree against jax.grad and finite differences."""
 
 import dataclasses
+import inspect
 import math
 import warnings
 from typing import NamedTuple
@@ -13,7 +14,8 @@ import pytest
 import jaxbp
 from jaxbp import finite_differences as fdiff
 from jaxbp.activations import ACTIVATIONS, Activation
-from jaxbp.gradcheck import AUTO_NAME, FD_NAME, GRAD_RTOL, MANUAL_NAME, default_tiny
+from jaxbp.gradcheck.mlp import MANUAL_NAME
+from jaxbp.gradcheck.report import AUTO_NAME, FD_NAME, GRAD_RTOL, default_tiny
 
 SIZES = {1: (6, 4), 2: (6, 5, 4), 3: (6, 5, 5, 4)}
 BATCH = 7
@@ -244,7 +246,7 @@ def test_mlp_shape_error_names_the_layer():
         return [g[0], {"w": g[1]["w"].T, "b": g[1]["b"]}]
 
     with pytest.raises(ValueError, match=r"\[1\]\['w'\] \(layer 2 of 2\): \(4, 5\)"):
-        jaxbp.check_gradients(net, params, x, y, grad_fun=transposed)
+        jaxbp.check_network_grad(net, params, x, y, grad_fun=transposed)
 
 
 # --- dtypes -------------------------------------------------------------------------
@@ -329,7 +331,7 @@ def test_relu_net_with_a_preactivation_at_zero_passes(dtype, fd_dtype):
     params = [dict(layer, b=jnp.zeros_like(layer["b"])) for layer in _params(net)]
     x, y = _batch(net)
     x = x.at[0].set(0.0)  # example 0: every z_1 is exactly 0, on the ReLU's corner
-    report = jaxbp.check_gradients(net, params, x, y, dtype=dtype, fd_dtype=fd_dtype)
+    report = jaxbp.check_network_grad(net, params, x, y, dtype=dtype, fd_dtype=fd_dtype)
     assert report.passed, str(report)
     assert report.kinks > 0
     assert report.comparisons[1].leaves[0].path == "[0]['b']"
@@ -342,13 +344,17 @@ def test_modes_and_coverage_text():
     params = _params(net)
     x, y = _batch(net)
     n = net.num_params
-    report = jaxbp.check_gradients(net, params, x, y, fd_samples=3, seed=1)
+    report = jaxbp.check_network_grad(
+        net, params, x, y, fd="sample", fd_samples=3, seed=1
+    )
     assert report.passed, str(report)
     assert f"random sample of 12 of {n} coordinates" in str(report)
     for comparison in report.comparisons[1:]:
         assert [leaf.checked for leaf in comparison.leaves] == [3, 3, 3, 3]
         assert all(leaf.unit == "coordinates" for leaf in comparison.leaves)
-    report = jaxbp.check_gradients(net, params, x, y, fd="directions", fd_directions=5)
+    report = jaxbp.check_network_grad(
+        net, params, x, y, fd="directions", fd_directions=5
+    )
     assert report.passed, str(report)
     assert "5 random directions per leaf (20 directions over 4 leaves" in str(report)
     assert all(
@@ -356,7 +362,7 @@ def test_modes_and_coverage_text():
         for leaf in report.comparisons[1].leaves
     )
     assert "dir " in report.comparisons[1].table()
-    report = jaxbp.check_gradients(net, params, x, y, finite_differences=False)
+    report = jaxbp.check_network_grad(net, params, x, y, fd=None)
     assert len(report.comparisons) == 1 and report.passed
     # auto: every coordinate of a small function, a sample of a large one
     p, xx, yy = _logreg()
@@ -394,12 +400,12 @@ _GOOD = [
 
 
 @pytest.mark.parametrize(("net", "targets", "dtype"), _GOOD, ids=str)
-def test_check_gradients_passes_on_good_nets(net, targets, dtype):
+def test_check_network_grad_passes_on_good_nets(net, targets, dtype):
     params = _params(net)
     x, y = _batch(net, targets)
-    report = jaxbp.check_gradients(net, params, x, y, dtype=dtype)
+    report = jaxbp.check_network_grad(net, params, x, y, dtype=dtype)
     assert report.passed, str(report)
-    assert report.title.startswith(f"check_gradients of {net}, batch {BATCH}")
+    assert report.title.startswith(f"check_network_grad of {net}, batch {BATCH}")
     assert [(c.left, c.right) for c in report.comparisons] == [
         (MANUAL_NAME, AUTO_NAME),
         (MANUAL_NAME, FD_NAME),
@@ -411,7 +417,7 @@ def test_check_gradients_passes_on_good_nets(net, targets, dtype):
         assert [leaf.path for leaf in comparison.leaves] == paths
     assert report.first_failing_layer is None
     assert "agree in every layer" in str(report)
-    jaxbp.assert_gradients_agree(net, params, x, y, dtype=dtype)
+    jaxbp.assert_network_grad_matches(net, params, x, y, dtype=dtype)
 
 
 def _wrong_tanh(monkeypatch):
@@ -422,12 +428,12 @@ def _wrong_tanh(monkeypatch):
     )
 
 
-def test_check_gradients_localises_a_wrong_delta(monkeypatch):
+def test_check_network_grad_localises_a_wrong_delta(monkeypatch):
     net = jaxbp.MLP(SIZES[3], activation="tanh")
     params = _params(net)
     x, y = _batch(net)
     _wrong_tanh(monkeypatch)
-    report = jaxbp.check_gradients(net, params, x, y)
+    report = jaxbp.check_network_grad(net, params, x, y)
     assert not report.passed
     manual_auto, manual_fd, auto_fd = report.comparisons
     assert auto_fd.passed
@@ -447,11 +453,11 @@ def test_check_gradients_localises_a_wrong_delta(monkeypatch):
     assert "layer 3 agree; the first layer from the output down whose delta" in text
     assert "disagrees is layer 2 of 3 (params[1])" in text
     with pytest.raises(AssertionError, match="gradients disagree") as info:
-        jaxbp.assert_gradients_agree(net, params, x, y)
+        jaxbp.assert_network_grad_matches(net, params, x, y)
     assert "manual (delta rule) vs jax.grad [float32]" in str(info.value)
 
 
-def test_check_gradients_localises_a_users_grad_fun():
+def test_check_network_grad_localises_a_users_grad_fun():
     net = jaxbp.MLP(SIZES[3], activation="tanh")
     params = _params(net)
     x, y = _batch(net)
@@ -461,14 +467,14 @@ def test_check_gradients_localises_a_users_grad_fun():
         g[1] = dict(g[1], b=2 * g[1]["b"])
         return g
 
-    report = jaxbp.check_gradients(net, params, x, y, grad_fun=wrong_middle)
+    report = jaxbp.check_network_grad(net, params, x, y, grad_fun=wrong_middle)
     assert not report.passed and report.first_failing_layer == 2
     assert "layer 2 of 3 (params[1]: [1]['b'])" in str(report)
-    good = jaxbp.check_gradients(net, params, x, y, grad_fun=net.manual_grad)
+    good = jaxbp.check_network_grad(net, params, x, y, grad_fun=net.manual_grad)
     assert good.passed and good.first_failing_layer is None
 
 
-def test_check_gradients_refuses_nan_params():
+def test_check_network_grad_refuses_nan_params():
     # A NaN in params is the point's fault, not the delta rule's: refused up front.
     net = _GOOD[0][0]
     params = _params(net)
@@ -477,7 +483,7 @@ def test_check_gradients_refuses_nan_params():
     with pytest.raises(
         ValueError, match=r"\[0\]\['b'\] \(layer 1 of 1\) is not finite"
     ):
-        jaxbp.check_gradients(net, params, x, y)
+        jaxbp.check_network_grad(net, params, x, y)
 
 
 # --- compare_grads, default_tiny ---------------------------------------------------
@@ -723,11 +729,11 @@ def test_bad_options_are_refused(option, value):
 @pytest.mark.parametrize(
     ("option", "value"), [("fd_samples", 0), ("fd_directions", 0), ("chunk", 0)]
 )
-def test_bad_options_of_check_gradients_are_refused(option, value):
+def test_bad_options_of_check_network_grad_are_refused(option, value):
     net = jaxbp.MLP(SIZES[1], activation="tanh")
     x, y = _batch(net)
     with pytest.raises(ValueError, match=rf"^{option} must be .*, got {value!r}$"):
-        jaxbp.check_gradients(net, _params(net), x, y, **{option: value})
+        jaxbp.check_network_grad(net, _params(net), x, y, **{option: value})
 
 
 # --- has_aux, and what fun returns ----------------------------------------------------
@@ -880,10 +886,10 @@ def test_relu_net_at_an_exact_zero_needs_one_subgradient_per_unit():
     for grads in (g0, g1):
         report = jaxbp.check_grad(net.loss, lambda p, x, y, g=grads: g, params, x, y)
         assert report.passed and report.kinks == 3, str(report)
-        assert jaxbp.check_gradients(
+        assert jaxbp.check_network_grad(
             net, params, x, y, grad_fun=lambda *a, g=grads: g
         ).passed
-    assert jaxbp.check_gradients(net, params, x, y).passed  # the delta rule's choice
+    assert jaxbp.check_network_grad(net, params, x, y).passed  # the delta rule's choice
     # relu'(0) = 1 for the weights but 0 for the bias: every entry is inside its
     # bracket, but the unit's kink runs across all three and this is no subgradient.
     mixed = [{"w": g1[0]["w"], "b": g0[0]["b"]}, g0[1]]
@@ -891,7 +897,7 @@ def test_relu_net_at_an_exact_zero_needs_one_subgradient_per_unit():
     assert report.comparisons[1].passed and report.comparisons[1].kinks == 3
     assert not report.passed, str(report)
     assert "leaves where grad_fun is wrong: [0]['b'], [0]['w']" in str(report)
-    report = jaxbp.check_gradients(net, params, x, y, grad_fun=lambda *a: mixed)
+    report = jaxbp.check_network_grad(net, params, x, y, grad_fun=lambda *a: mixed)
     assert not report.passed and report.first_failing_layer == 1, str(report)
 
 
@@ -920,7 +926,7 @@ def test_nested_relu_kinks_do_not_fail_jax_grads_choice():
     ]
     x = jnp.asarray(rng.normal(size=(BATCH, 6))).at[0].set(0.0)
     y = jnp.asarray(rng.integers(0, 4, size=BATCH))
-    report = jaxbp.check_gradients(net, params, x, y)
+    report = jaxbp.check_network_grad(net, params, x, y)
     assert report.passed and report.kinks == 15, str(report)
     assert jaxbp.check_grad(net.loss, jax.grad(net.loss), params, x, y).passed
 
@@ -996,3 +1002,120 @@ def test_mixed_dtypes_are_judged_at_the_least_precise():
     }
     wrong = dict(true, a=true["a"] * 1.2)
     assert not jaxbp.check_grad(fun, lambda p: wrong, p).passed
+
+
+# --- one vocabulary of options: check_grad and check_network_grad -------------------
+_SHARED_OPTIONS = ("dtype", "fd", "fd_dtype", "fd_step", "fd_samples",
+                   "fd_directions", "fd_safety", "rtol", "seed")  # fmt: skip
+
+
+def test_both_checkers_take_the_same_options_with_the_same_defaults():
+    grad = inspect.signature(jaxbp.check_grad).parameters
+    network = inspect.signature(jaxbp.check_network_grad).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(jaxbp.CheckOptions)}
+    for option in (*_SHARED_OPTIONS, "chunk"):
+        assert (
+            grad[option].kind == network[option].kind == inspect.Parameter.KEYWORD_ONLY
+        )
+        assert option in fields
+    for option in _SHARED_OPTIONS:
+        assert grad[option].default == network[option].default == fields[option]
+    # chunk means the same in both; its default differs, for the reason documented
+    assert (grad["chunk"].default, network["chunk"].default) == (128, 1024)
+    assert "finite_differences" not in network
+
+
+@pytest.mark.parametrize(
+    ("fd", "checked"),
+    [("sample", [3, 3, 3, 3]), ("auto", [5, 30, 4, 20]), ("all", [5, 30, 4, 20])],
+)
+def test_fd_samples_means_the_same_in_both_checkers(fd, checked):
+    """fd_samples never changes fd: with "auto" on a small network, both checkers
+    check every coordinate; with "sample", both check fd_samples per leaf."""
+    net = jaxbp.MLP(SIZES[2], activation="tanh")
+    params = _params(net)
+    x, y = _batch(net)
+    options = {"fd": fd, "fd_samples": 3, "seed": 1}
+    general = jaxbp.check_grad(net.loss, net.manual_grad, params, x, y, **options)
+    network = jaxbp.check_network_grad(net, params, x, y, **options)
+    for report in (general, network):
+        assert report.passed, str(report)
+        assert [leaf.checked for leaf in report.comparisons[1].leaves] == checked
+    assert general.comparisons[1].coverage == network.comparisons[1].coverage
+    rows = [
+        [(leaf.path, leaf.checked) for leaf in report.comparisons[1].leaves]
+        for report in (general, network)
+    ]
+    assert rows[0] == rows[1]
+
+
+def test_fd_none_skips_finite_differences_in_both_checkers():
+    net = jaxbp.MLP(SIZES[1], activation="tanh")
+    params = _params(net)
+    x, y = _batch(net)
+    general = jaxbp.check_grad(net.loss, net.manual_grad, params, x, y, fd=None)
+    network = jaxbp.check_network_grad(net, params, x, y, fd=None)
+    assert len(general.comparisons) == len(network.comparisons) == 1
+    for bad in (False, "none", "every"):
+        with pytest.raises(ValueError, match=r"^fd must be one of"):
+            jaxbp.check_network_grad(net, params, x, y, fd=bad)
+        with pytest.raises(ValueError, match=r"^fd must be one of"):
+            jaxbp.check_grad(net.loss, net.manual_grad, params, x, y, fd=bad)
+
+
+def test_check_network_grad_has_no_finite_differences_keyword():
+    net = jaxbp.MLP(SIZES[1], activation="tanh")
+    x, y = _batch(net)
+    with pytest.raises(TypeError, match="finite_differences"):
+        jaxbp.check_network_grad(net, _params(net), x, y, finite_differences=False)
+
+
+# --- the deprecated names of the network check ------------------------------------
+def test_check_gradients_is_a_deprecated_alias():
+    net = jaxbp.MLP(SIZES[1], activation="tanh")
+    params = _params(net)
+    x, y = _batch(net)
+    with pytest.warns(DeprecationWarning, match=r"use jaxbp\.check_network_grad"):
+        old = jaxbp.check_gradients(net, params, x, y)
+    new = jaxbp.check_network_grad(net, params, x, y)
+    assert str(old) == str(new)
+    # the old keywords: finite_differences=False is fd=None, and fd_samples with the
+    # default fd meant fd="sample" (the CLI still relies on both)
+    with pytest.warns(DeprecationWarning):
+        report = jaxbp.check_gradients(net, params, x, y, finite_differences=False)
+    assert len(report.comparisons) == 1
+    with pytest.warns(DeprecationWarning):
+        report = jaxbp.check_gradients(net, params, x, y, fd_samples=2, seed=1)
+    assert [leaf.checked for leaf in report.comparisons[1].leaves] == [2, 2]
+    with pytest.warns(DeprecationWarning):
+        report = jaxbp.check_gradients(net, params, x, y, fd_samples=None)
+    assert "every coordinate" in report.comparisons[1].coverage
+
+
+def test_assert_gradients_agree_is_a_deprecated_alias():
+    net = jaxbp.MLP(SIZES[1], activation="tanh")
+    params = _params(net)
+    x, y = _batch(net)
+    match = r"use jaxbp\.assert_network_grad_matches"
+    with pytest.warns(DeprecationWarning, match=match):
+        jaxbp.assert_gradients_agree(net, params, x, y, finite_differences=False)
+    wrong = jax.tree.map(lambda g: 2 * g, net.manual_grad(params, x, y))
+    with pytest.warns(DeprecationWarning), pytest.raises(AssertionError):
+        jaxbp.assert_gradients_agree(net, params, x, y, grad_fun=lambda *a: wrong)
+    with pytest.raises(AssertionError, match="gradients disagree"):
+        jaxbp.assert_network_grad_matches(net, params, x, y, grad_fun=lambda *a: wrong)
+
+
+def test_public_surface_holds_what_users_call():
+    public = {
+        "CheckOptions", "Comparison", "GradCheckReport", "LeafError",
+        "assert_grad_matches", "assert_gradients_agree",
+        "assert_network_grad_matches", "check_grad", "check_gradients",
+        "check_network_grad", "compare_grads", "finite_difference_grad",
+    }  # fmt: skip
+    assert set(jaxbp.gradcheck.__all__) == public
+    assert public <= set(jaxbp.__all__)
+    for name in public:
+        assert getattr(jaxbp, name) is getattr(jaxbp.gradcheck, name)
+    for internal in ("FAR_BEYOND", "AUTO_NAME", "MANUAL_NAME", "MLP_AUTO_ALL_LIMIT"):
+        assert not hasattr(jaxbp.gradcheck, internal)

@@ -1,5 +1,5 @@
 """The layer bug catalogue: each classic conv, pooling and BatchNorm backward mistake
-fails ``check_gradients`` and is named by its layer; the correct rules and the one
+fails ``check_network_grad`` and is named by its layer; the correct rules and the one
 harmless mistake pass.
 
 The buggy layers live in ``experiments/layer_bug_catalogue.py`` (one source for the

@@ -271,7 +271,7 @@ def test_specs_are_hashable_and_static_under_jit():
     )
 
 
-# --- check_gradients names the layer whose backward is wrong ----------------------
+# --- check_network_grad names the layer whose backward is wrong ----------------------
 class _HalfInputGrad(L.Activation):
     """An activation whose backward halves the input cotangent: a planted bug."""
 
@@ -288,17 +288,17 @@ class _ScaledWeightGrad(L.Dense):
         return {**grads, "w": 1.1 * grads["w"]}, dx
 
 
-def test_check_gradients_passes_a_correct_sequential():
+def test_check_network_grad_passes_a_correct_sequential():
     net = NETS["residual"]
     with jax.enable_x64(True):
         params = _params(net, jnp.float64)
-        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+        report = jaxbp.check_network_grad(net, params, *_batch(net, jnp.float64))
     assert report.passed, str(report)
     assert report.first_failing_layer is None
     assert "agrees at the output of every layer" in report.notes[-1]
 
 
-def test_check_gradients_names_a_wrong_input_cotangent():
+def test_check_network_grad_names_a_wrong_input_cotangent():
     net = jaxbp.Sequential(
         [L.Dense(4), _HalfInputGrad("tanh"), L.Dense(4), L.Activation("tanh"),
          L.Dense(3)],
@@ -306,13 +306,13 @@ def test_check_gradients_names_a_wrong_input_cotangent():
     )  # fmt: skip
     with jax.enable_x64(True):
         params = _params(net, jnp.float64)
-        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+        report = jaxbp.check_network_grad(net, params, *_batch(net, jnp.float64))
     assert not report.passed
     assert report.first_failing_layer == 2
     assert "the backward of layer 2 of 5, Activation(tanh)" in report.notes[-1]
 
 
-def test_check_gradients_names_a_wrong_parameter_gradient():
+def test_check_network_grad_names_a_wrong_parameter_gradient():
     net = jaxbp.Sequential(
         [L.Dense(4), L.Activation("tanh"), _ScaledWeightGrad(4),
          L.Activation("tanh"), L.Dense(3)],
@@ -320,7 +320,7 @@ def test_check_gradients_names_a_wrong_parameter_gradient():
     )  # fmt: skip
     with jax.enable_x64(True):
         params = _params(net, jnp.float64)
-        report = jaxbp.check_gradients(net, params, *_batch(net, jnp.float64))
+        report = jaxbp.check_network_grad(net, params, *_batch(net, jnp.float64))
     assert not report.passed
     assert report.first_failing_layer == 3
     assert "layer 3 of 5, Dense(4) (params[2]: [2]['w'])" in report.notes[-1]
@@ -351,7 +351,7 @@ def test_readme_layers_example_runs():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_check_gradients_passes_a_bias_before_batchnorm(dtype):
+def test_check_network_grad_passes_a_bias_before_batchnorm(dtype):
     # BatchNorm removes any shift, so the bias before it has gradient exactly zero:
     # both gradients hold only rounding there, which must not fail the check.
     net = jaxbp.Sequential(
@@ -360,5 +360,5 @@ def test_check_gradients_passes_a_bias_before_batchnorm(dtype):
     )
     with jax.enable_x64(dtype == jnp.float64):
         params = _params(net, dtype)
-        report = jaxbp.check_gradients(net, params, *_batch(net, dtype))
+        report = jaxbp.check_network_grad(net, params, *_batch(net, dtype))
     assert report.passed, str(report)

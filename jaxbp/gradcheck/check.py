@@ -129,7 +129,7 @@ FD_MODES = ("auto", "all", "sample", "directions")
 AUTO_ALL_LIMIT = 4096
 #: A failure whose error is more than this many times its budget is "far beyond what
 #: finite differences can explain".
-FAR_BEYOND = 100.0
+_FAR_BEYOND = 100.0
 #: At most this many pairs of kinked coordinates are probed together (two directions
 #: each); all pairs when there are few kinks, else a chain through them all.
 KINK_PAIRS = 256
@@ -550,7 +550,7 @@ def _explain(comparison: Comparison, probes: list[_Probes] | None) -> list[str]:
             kind += f"[{lo:+.6e}, {hi:+.6e}] of the one-sided quotients)"
         verdict = (
             "far beyond what finite differences can explain"
-            if times > FAR_BEYOND
+            if times > _FAR_BEYOND
             else "close to what finite differences can resolve; try another fd_step"
         )
         notes.append(
@@ -611,17 +611,55 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step,
-              fd_samples, fd_directions, fd_safety, rtol, seed, chunk, auto_limit,
-              has_aux=False, coordinate_evaluator=None, title="",
+@dataclasses.dataclass(frozen=True)
+class CheckOptions:
+    """The options both checkers take, spelled and meaning the same in both.
+
+    :func:`check_grad` and :func:`jaxbp.gradcheck.check_network_grad` take these as
+    keyword arguments, with the same defaults except ``chunk`` (see there); the one
+    engine behind both, :func:`run_check`, takes them as one object. They are checked
+    by :func:`run_check`, all at once, before any comparison.
+
+    Attributes:
+      dtype: dtype of comparison 1 (the user's gradient and ``jax.grad``); ``None``:
+        each leaf's own.
+      fd: finite-difference mode: ``"all"``, ``"sample"``, ``"directions"``,
+        ``"auto"`` (every coordinate up to the checker's limit, else a sample of
+        ``fd_samples`` per leaf), or ``None`` (no finite differences).
+      fd_dtype: dtype of the finite differences.
+      fd_step: a fixed step ``h > 0``, or ``None`` for one per entry.
+      fd_samples: coordinates per leaf whenever coordinates are sampled (``"sample"``,
+        and ``"auto"`` above its limit); never changes ``fd``.
+      fd_directions: directions per leaf for ``fd="directions"``.
+      fd_safety: the factor ``S`` on the rounding budget of a difference quotient.
+      rtol: relative tolerance of the gradients; ``None``: by dtype.
+      seed: seed of the sampled coordinates, directions and pairs of kinks.
+      chunk: perturbed points evaluated at once (one ``vmap``).
+    """
+
+    dtype: object = None
+    fd: str | None = "auto"
+    fd_dtype: object = "float64"
+    fd_step: float | None = None
+    fd_samples: int = 64
+    fd_directions: int = 16
+    fd_safety: float = FD_SAFETY
+    rtol: float | None = None
+    seed: int = 0
+    chunk: int = 128
+
+
+def run_check(fun, grad_fun, params, args, options: CheckOptions, *, name,
+              auto_limit, has_aux=False, coordinate_evaluator=None, title="",
               label=None):  # fmt: skip
-    """The one checker behind :func:`check_grad` and :func:`check_gradients`.
+    """The one checker behind :func:`check_grad` and
+    :func:`jaxbp.gradcheck.check_network_grad`.
 
     Args:
       fun, grad_fun, params: as for :func:`check_grad`.
       args: the further arguments of both, a tuple.
-      name, dtype, fd, fd_dtype, fd_step, fd_samples, fd_directions, fd_safety, rtol,
-        seed, chunk, has_aux: as for :func:`check_grad`.
+      options: the :class:`CheckOptions`.
+      name, has_aux: as for :func:`check_grad`.
       auto_limit: ``fd="auto"`` checks every coordinate up to this many parameters.
       coordinate_evaluator: ``make(fun, treedef, k, chunk)``, a faster evaluator
         of perturbed points for coordinate probes; default
@@ -633,13 +671,19 @@ def run_check(fun, grad_fun, params, args, *, name, dtype, fd, fd_dtype, fd_step
       The :class:`GradCheckReport`, with the notes that explain failures and kinks
       but no localisation.
     """
+    o = options
+    dtype, fd, fd_dtype, fd_step = o.dtype, o.fd, o.fd_dtype, o.fd_step
+    fd_samples, fd_directions, fd_safety = o.fd_samples, o.fd_directions, o.fd_safety
+    rtol, seed, chunk = o.rtol, o.seed, o.chunk
     check_options(fd_samples=fd_samples, fd_directions=fd_directions, chunk=chunk,
                   fd_safety=fd_safety, fd_step=fd_step, rtol=rtol, seed=seed,
                   name=name)  # fmt: skip
     dtype = resolve_dtype(dtype, "dtype")
     fd_dtype = resolve_dtype(fd_dtype, "fd_dtype")
-    if fd not in (*FD_MODES, None, False):
-        raise ValueError(f"fd must be one of {FD_MODES} or None, got {fd!r}")
+    if fd not in (*FD_MODES, None):
+        raise ValueError(
+            f"fd must be one of {FD_MODES} or None (no finite differences), got {fd!r}"
+        )
     paths = check_params(params, label)
     shapes = [np.shape(t) for t in jax.tree.leaves(params)]
     sizes = [math.prod(s) for s in shapes]
@@ -820,23 +864,27 @@ def check_grad(
       fd: finite-difference mode: ``"all"`` coordinates, a ``"sample"`` of
         ``fd_samples`` coordinates per leaf, ``fd_directions`` random
         ``"directions"`` per leaf (``v . g`` against the quotient along ``v``), or
-        ``"auto"`` (all up to :data:`AUTO_ALL_LIMIT` parameters, else a sample);
-        ``None`` skips them.
+        ``"auto"`` (all up to :data:`AUTO_ALL_LIMIT` parameters, else a sample of
+        ``fd_samples`` per leaf); ``None`` skips them.
       fd_dtype: dtype of the finite differences, float64 by default.
       fd_step: a fixed step ``h > 0``; default
         ``eps^(1/3) max(|p_i|, rms(leaf), eps^(1/3))`` per entry (see
         :mod:`jaxbp.finite_differences`).
-      fd_samples: coordinates per leaf for ``fd="sample"``, at least 1.
+      fd_samples: coordinates per leaf whenever coordinates are sampled
+        (``fd="sample"``, and ``fd="auto"`` above its limit), at least 1; passing it
+        never changes ``fd``.
       fd_directions: directions per leaf for ``fd="directions"``, at least 1.
       fd_safety: the factor ``S > 0`` on the rounding budget of a difference
         quotient.
       rtol: relative tolerance of the gradients, ``>= 0`` (0: gradient against
         gradient must agree exactly; finite differences keep their own error
         budget). Default by the dtype the gradients are computed in:
-        ``jaxbp.gradcheck.GRAD_RTOL`` (defined in :mod:`jaxbp.gradcheck.report`),
+        ``jaxbp.gradcheck.report.GRAD_RTOL``,
         1e-10 for float64, 1e-4 for float32, 5e-2 for bfloat16 and float16.
       seed: seed of the sampled coordinates, directions and pairs of kinks, ``>= 0``.
-      chunk: perturbed points evaluated at once (one ``vmap``), at least 1.
+      chunk: perturbed points evaluated at once (one ``vmap``), at least 1; 128
+        here, where each point evaluates the whole ``fun`` (the network checker's
+        default is larger, its points being cheaper).
       name: what to call ``grad_fun`` in the report.
 
     Returns:
@@ -877,11 +925,14 @@ def check_grad(
       >>> check_grad(hinge, lambda p: jnp.array([1.0, 0.0]), w).passed
       False
     """
+    options = CheckOptions(
+        dtype=dtype, fd=fd, fd_dtype=fd_dtype, fd_step=fd_step,
+        fd_samples=fd_samples, fd_directions=fd_directions, fd_safety=fd_safety,
+        rtol=rtol, seed=seed, chunk=chunk,
+    )  # fmt: skip
     report = run_check(
-        fun, grad_fun, params, args, name=name, dtype=dtype, fd=fd,
-        fd_dtype=fd_dtype, fd_step=fd_step, fd_samples=fd_samples,
-        fd_directions=fd_directions, fd_safety=fd_safety, rtol=rtol, seed=seed,
-        chunk=chunk, auto_limit=AUTO_ALL_LIMIT, has_aux=has_aux,
+        fun, grad_fun, params, args, options, name=name, auto_limit=AUTO_ALL_LIMIT,
+        has_aux=has_aux,
     )  # fmt: skip
     failing = failing_paths(report, name)
     if failing:

@@ -1,6 +1,7 @@
 """The gradient check of an :class:`~jaxbp.MLP`, with per-layer localisation.
 
-:func:`check_gradients` is :func:`jaxbp.gradcheck.check_grad` of the network's loss,
+:func:`check_network_grad` is :func:`jaxbp.gradcheck.check_grad` of a network spec's
+loss (an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`), with the same options,
 with the network's own delta rule as ``grad_fun`` by default, a faster evaluation of
 perturbed points (only the layers above the perturbed one are recomputed) and one more
 diagnosis: the hand-derived error signals ``delta_l = dL/dz_l`` of every layer against
@@ -8,6 +9,7 @@ autodiff ones, naming the first layer from the output down whose delta disagrees
 """
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxbp import finite_differences as fdiff
 from jaxbp.gradcheck import sequential as seq_check
-from jaxbp.gradcheck.check import FD_SAFETY, run_check
+from jaxbp.gradcheck.check import FD_SAFETY, CheckOptions, run_check
 from jaxbp.gradcheck.inputs import cast_floats, resolve_dtype
 from jaxbp.gradcheck.report import GradCheckReport, compare_grads
 from jaxbp.losses import prepare_targets
@@ -25,7 +27,7 @@ from jaxbp.sequential import Sequential
 
 Array = jax.Array
 
-#: ``fd="auto"`` in :func:`check_gradients` (whose perturbed points are cheap) checks
+#: ``fd="auto"`` in :func:`check_network_grad` (whose perturbed points are cheap) checks
 #: every coordinate up to this many parameters.
 MLP_AUTO_ALL_LIMIT = 200_000
 #: The name of the library's delta rule in a report.
@@ -151,7 +153,7 @@ def _localise_paths(report: GradCheckReport, name: str, depth: int):
     return seq_check.localise_paths(report, name, lambda l: f"layer {l} of {depth}")
 
 
-def check_gradients(
+def check_network_grad(
     net: MLP | Sequential,
     params: Params,
     x: Array,
@@ -160,18 +162,21 @@ def check_gradients(
     grad_fun: Callable | None = None,
     key: Array | None = None,
     dtype=None,
-    finite_differences: bool = True,
-    fd: str = "auto",
+    fd: str | None = "auto",
     fd_dtype="float64",
     fd_step: float | None = None,
-    fd_samples: int | None = None,
+    fd_samples: int = 64,
     fd_directions: int = 16,
     fd_safety: float = FD_SAFETY,
-    seed: int = 0,
     rtol: float | None = None,
+    seed: int = 0,
     chunk: int = 1024,
 ) -> GradCheckReport:
-    """Checks a network's hand-derived gradient: :func:`check_grad` of ``net.loss``.
+    """Checks a network spec's hand-derived gradient: :func:`check_grad` of
+    ``net.loss``, with the layer that goes wrong named.
+
+    The options are those of :func:`check_grad` (:class:`CheckOptions`), spelled and
+    meaning the same; only two defaults differ, for a stated reason.
 
     Args:
       net: the network spec, an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`.
@@ -183,19 +188,15 @@ def check_gradients(
         library's delta rule (``net.manual_grad``).
       key: for a :class:`~jaxbp.Sequential` with Dropout, the key of its masks (the
         training loss is checked, with the masks held fixed).
-      dtype: dtype of the gradients against ``jax.grad``; default the params'.
-      finite_differences: also compare against finite differences.
-      fd: finite-difference mode as for :func:`check_grad`; ``"auto"`` checks every
-        coordinate up to :data:`MLP_AUTO_ALL_LIMIT` parameters.
-      fd_dtype: dtype of the finite differences (float64 by default).
-      fd_step: a fixed finite-difference step; default per entry.
-      fd_samples: check this many coordinates per leaf (``fd="sample"``); ``None``
-        leaves the choice to ``fd``.
-      fd_directions: directions per leaf for ``fd="directions"``.
-      fd_safety: the factor on the rounding budget.
-      seed: seed of the sample or directions.
-      rtol: relative tolerance of the gradients; default by dtype.
-      chunk: perturbed points evaluated at once.
+      dtype: as for :func:`check_grad`.
+      fd: as for :func:`check_grad` (``None`` skips finite differences), except that
+        ``"auto"`` checks every coordinate up to :data:`MLP_AUTO_ALL_LIMIT`
+        parameters (a network's perturbed points are cheap), else a sample of
+        ``fd_samples`` per leaf.
+      fd_dtype, fd_step, fd_samples, fd_directions, fd_safety, rtol, seed: as for
+        :func:`check_grad`; ``fd_samples`` never changes ``fd``.
+      chunk: as for :func:`check_grad`; 1024 by default, since an MLP's perturbed
+        points recompute only the layers above the perturbed one.
 
     Returns:
       A :class:`GradCheckReport` with the comparisons ``manual (delta rule)`` (or
@@ -205,36 +206,33 @@ def check_gradients(
       cotangent of each layer's output) for the library's rule, from the failing
       leaves for a ``grad_fun``.
 
+    Raises:
+      ValueError, TypeError: as for :func:`check_grad`; on a ``key`` for an MLP.
+
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> net = MLP((3, 4, 2), activation="tanh")
       >>> params = net.init(jax.random.key(0))
       >>> x, y = jnp.ones((5, 3)), jnp.array([0, 1, 1, 0, 1])
-      >>> check_gradients(net, params, x, y).passed
+      >>> check_network_grad(net, params, x, y).passed
       True
     """
+    options = CheckOptions(
+        dtype=dtype, fd=fd, fd_dtype=fd_dtype, fd_step=fd_step,
+        fd_samples=fd_samples, fd_directions=fd_directions, fd_safety=fd_safety,
+        rtol=rtol, seed=seed, chunk=chunk,
+    )  # fmt: skip
     net.check_params(params)
     if isinstance(net, Sequential):
-        return _check_sequential(
-            net, params, x, y, grad_fun=grad_fun, key=key, dtype=dtype,
-            fd=fd if finite_differences else None, fd_dtype=fd_dtype,
-            fd_step=fd_step, fd_samples=fd_samples, fd_directions=fd_directions,
-            fd_safety=fd_safety, seed=seed, rtol=rtol, chunk=chunk,
-        )  # fmt: skip
+        return _check_sequential(net, params, x, y, grad_fun, key, options)
     if key is not None:
         raise ValueError("key is for Sequential networks with Dropout; an MLP has none")
-    if fd_samples is not None and fd == "auto":
-        fd = "sample"
     name = "grad_fun" if grad_fun is not None else MANUAL_NAME
     report = run_check(
-        net.loss, grad_fun or net.manual_grad, params, (x, y), name=name,
-        dtype=dtype, fd=fd if finite_differences else None, fd_dtype=fd_dtype,
-        fd_step=fd_step, fd_samples=64 if fd_samples is None else fd_samples,
-        fd_directions=fd_directions,
-        fd_safety=fd_safety, rtol=rtol, seed=seed, chunk=chunk,
+        net.loss, grad_fun or net.manual_grad, params, (x, y), options, name=name,
         auto_limit=MLP_AUTO_ALL_LIMIT,
         coordinate_evaluator=_mlp_coordinate_evaluator(net),
-        title=f"check_gradients of {net}, batch {int(jnp.shape(x)[0])}",
+        title=f"check_network_grad of {net}, batch {int(jnp.shape(x)[0])}",
         label=lambda path: f"{path} (layer {int(path[1:path.index(']')]) + 1} of "
         f"{net.depth})",
     )  # fmt: skip
@@ -257,24 +255,20 @@ def check_gradients(
     )
 
 
-def _check_sequential(net: Sequential, params, x, y, *, grad_fun, key, dtype, rtol,
-                      fd, fd_samples, **options) -> GradCheckReport:  # fmt: skip
-    """:func:`check_gradients` of a Sequential: the general checker, then
+def _check_sequential(net: Sequential, params, x, y, grad_fun, key,
+                      options: CheckOptions) -> GradCheckReport:  # fmt: skip
+    """:func:`check_network_grad` of a Sequential: the general checker, then
     localisation by the cotangent of every layer's output."""
-    if fd_samples is not None and fd == "auto":
-        fd = "sample"
     name = "grad_fun" if grad_fun is not None else MANUAL_NAME
     report = run_check(
         partial(net.loss, key=key), grad_fun or partial(net.manual_grad, key=key),
-        params, (x, y), name=name, dtype=dtype, fd=fd, fd_samples=fd_samples or 64,
-        rtol=rtol, auto_limit=MLP_AUTO_ALL_LIMIT,
-        title=f"check_gradients of {net}, batch {int(jnp.shape(x)[0])}",
-        label=partial(seq_check.layer_label, net), **options,
+        params, (x, y), options, name=name, auto_limit=MLP_AUTO_ALL_LIMIT,
+        title=f"check_network_grad of {net}, batch {int(jnp.shape(x)[0])}",
+        label=partial(seq_check.layer_label, net),
     )  # fmt: skip
+    dtype, rtol = resolve_dtype(options.dtype, "dtype"), options.rtol
     if grad_fun is None:
-        layer, note = seq_check.localise_deltas(
-            net, params, x, y, resolve_dtype(dtype, "dtype"), rtol, key
-        )
+        layer, note = seq_check.localise_deltas(net, params, x, y, dtype, rtol, key)
         if layer is None and not report.passed:
             layer, path_note = seq_check.localise_paths(
                 report, name, net.describe_layer
@@ -290,16 +284,60 @@ def _check_sequential(net: Sequential, params, x, y, *, grad_fun, key, dtype, rt
     )
 
 
-def assert_gradients_agree(
-    net: MLP, params: Params, x: Array, y: Array, **kwargs
+def assert_network_grad_matches(
+    net: MLP | Sequential, params: Params, x: Array, y: Array, **options
 ) -> None:
-    """One-line assertion for test suites: :func:`check_gradients` must pass.
+    """One-line assertion for a test suite: :func:`check_network_grad` must pass.
 
     Args:
-      net, params, x, y: as for :func:`check_gradients`.
-      **kwargs: passed to :func:`check_gradients`.
+      net, params, x, y: as for :func:`check_network_grad`.
+      **options: keyword options of :func:`check_network_grad`.
 
     Raises:
-      AssertionError: with the full report when any comparison fails.
+      AssertionError: whose message is the full report, when any comparison fails.
     """
-    check_gradients(net, params, x, y, **kwargs).assert_passed()
+    check_network_grad(net, params, x, y, **options).assert_passed()
+
+
+# --- deprecated names, kept for one release ------------------------------------
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"jaxbp.{old} is deprecated and will be removed in the next release; use "
+        f"jaxbp.{new} (the same check, with the options of check_grad)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _legacy_options(options: dict) -> dict:
+    """The old keywords of :func:`check_gradients` as :func:`check_network_grad`'s:
+    ``finite_differences=False`` is ``fd=None``, and ``fd_samples`` given with
+    ``fd="auto"`` meant ``fd="sample"`` (``fd_samples=None``: the default)."""
+    options = dict(options)
+    if not options.pop("finite_differences", True):
+        options["fd"] = None
+    if "fd_samples" in options:
+        if options["fd_samples"] is None:
+            del options["fd_samples"]
+        elif options.get("fd", "auto") == "auto":
+            options["fd"] = "sample"
+    return options
+
+
+def check_gradients(net, params, x, y, **options) -> GradCheckReport:
+    """Deprecated: :func:`check_network_grad` (removed in the next release).
+
+    Takes the old keywords too: ``finite_differences=False`` (now ``fd=None``), and
+    ``fd_samples`` with ``fd="auto"``, which here still means ``fd="sample"``.
+    """
+    _deprecated("check_gradients", "check_network_grad")
+    return check_network_grad(net, params, x, y, **_legacy_options(options))
+
+
+def assert_gradients_agree(net, params, x, y, **options) -> None:
+    """Deprecated: :func:`assert_network_grad_matches` (removed in the next release);
+    takes the old keywords of :func:`check_gradients`."""
+    _deprecated("assert_gradients_agree", "assert_network_grad_matches")
+    check_network_grad(net, params, x, y, **_legacy_options(options)).assert_passed()
