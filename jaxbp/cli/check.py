@@ -1,7 +1,7 @@
 """``jaxbp check``: manual against autodiff (and finite-difference) gradients.
 
 Builds an MLP and a random batch from the flags and prints the per-leaf report of
-:func:`jaxbp.gradcheck.check_gradients`; exits 1 if any comparison fails.
+:func:`jaxbp.gradcheck.check_network_grad`; exits 1 if any comparison fails.
 """
 
 import argparse
@@ -10,7 +10,7 @@ import jax
 
 from jaxbp.cli import _flags
 from jaxbp.config import DTYPES
-from jaxbp.gradcheck import check_gradients
+from jaxbp.gradcheck import check_network_grad
 from jaxbp.mlp import MLP
 
 
@@ -87,15 +87,16 @@ def run(args) -> int:
         y = jax.random.randint(ky, (args.batch_size,), 0, net.sizes[-1])
     else:
         y = jax.random.uniform(ky, (args.batch_size, 1))
-    fd_samples = args.fd_samples if args.fd_samples > 0 else None  # -1: all, 0: none
-    report = check_gradients(
+    # --fd-samples: -1 every coordinate, 0 none, N a sample of N per leaf
+    fd = {-1: "all", 0: None}.get(args.fd_samples, "sample")
+    report = check_network_grad(
         net,
         params,
         x,
         y,
         dtype=args.dtype,
-        finite_differences=args.fd_samples != 0,
-        fd_samples=fd_samples,
+        fd=fd,
+        fd_samples=max(args.fd_samples, 1),
         seed=args.seed,
     )
     print(
