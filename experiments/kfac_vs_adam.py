@@ -37,17 +37,15 @@ Example:
   JAXBP_DATA_DIR=../shared/data python experiments/kfac_vs_adam.py
 """
 
-import json
 import os
 import pathlib
 import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import _common
+import _runs
 
 TARGET = 0.98
 OPTIMIZERS = ("kfac", "adam")
@@ -82,17 +80,6 @@ def train_command(
     ]
 
 
-def run_cli(args: list[str], out: pathlib.Path) -> dict:
-    """Runs ``python -m jaxbp <args> --out OUT``; returns its ``metrics.json``."""
-    command = [sys.executable, "-m", "jaxbp", *args, "--out", str(out)]
-    proc = subprocess.run(command, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"kfac_vs_adam: `jaxbp {shlex.join(args)}` exited {proc.returncode}"
-        )
-    return json.loads((out / "metrics.json").read_text())
-
-
 def to_target(accuracies: list[float], epoch_times: list[float]):
     """``(epochs, seconds)`` until the test accuracy first reaches :data:`TARGET`,
     or ``(None, None)``."""
@@ -107,7 +94,7 @@ def one_run(optimizer, lr, seed, epochs, *, quick, phase, folder) -> dict:
     cli_args = train_command(optimizer, lr, seed, epochs, quick=quick)
     print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
     t0 = time.perf_counter()
-    m = run_cli(cli_args, folder)
+    m = _runs.train(cli_args, folder)
     accs = [h["test_accuracy"] for h in m["history"]]
     times = m["timing"]["epoch_times_s"]
     epochs_to, seconds_to = to_target(accs, times)
