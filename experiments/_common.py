@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 #: Where full runs write their results: ``experiments/results`` beside this file. The
@@ -97,6 +98,7 @@ def environment(**extra) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "device": f"{device.platform} ({device.device_kind})",
         "backend": jax.default_backend(),
@@ -105,6 +107,18 @@ def environment(**extra) -> dict:
     }
     record.update(extra)
     return record
+
+
+def cpu_model() -> str | None:
+    """The processor's name from ``/proc/cpuinfo`` (Linux), else ``platform``'s."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def command_line(script: str, argv: list[str] | None = None) -> str:
@@ -254,6 +268,29 @@ def time_interleaved(fns: dict, *, repeats: int, number: int) -> dict[str, dict]
             "samples_s": s,
         }
         for name, s in samples.items()
+    }
+
+
+def measure_gemm_peak(n: int, repeats: int) -> dict:
+    """Float32 ``(n, n) @ (n, n)`` GFLOP/s in JAX (jit) and NumPy, interleaved."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), np.float32)
+    b = rng.standard_normal((n, n), np.float32)
+    a_dev, b_dev = jax.device_put(a), jax.device_put(b)
+    dot = jax.jit(jnp.dot)
+    timing = time_interleaved(
+        {"jax": lambda: dot(a_dev, b_dev), "numpy": lambda: np.dot(a, b)},
+        repeats=repeats,
+        number=1,
+    )
+    flops = 2 * n**3
+    jax_gflops = flops / timing["jax"]["median_s"] / 1e9
+    np_gflops = flops / timing["numpy"]["median_s"] / 1e9
+    return {
+        "n": n,
+        "jax_gflops": jax_gflops,
+        "numpy_gflops": np_gflops,
+        "peak_gflops": max(jax_gflops, np_gflops),
     }
 
 

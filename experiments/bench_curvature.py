@@ -224,11 +224,21 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.quick else 5)
     number = args.number or (1 if args.quick else 3)
     batch = 16 if args.quick else BATCH
+    peak = None
+    if not args.flops_only:
+        peak = _common.measure_gemm_peak(
+            1024 if args.quick else 2048, 3 if args.quick else 7
+        )
+        print(
+            f"GEMM peak: JAX {peak['jax_gflops']:.1f}, "
+            f"NumPy {peak['numpy_gflops']:.1f} GFLOP/s (float32 {peak['n']}^2)"
+        )
     rows = []
-    for name, net in networks(args.quick).items():
-        if args.network and not args.quick and name not in args.network:
-            continue
-        rows += bench(name, net, batch, repeats, number, args.flops_only)
+    with _common.OtherLoad() as load:
+        for name, net in networks(args.quick).items():
+            if args.network and not args.quick and name not in args.network:
+                continue
+            rows += bench(name, net, batch, repeats, number, args.flops_only)
     path = _common.write_json(
         args.out
         / ("bench_curvature_flops.json" if args.flops_only else "bench_curvature.json"),
@@ -236,7 +246,12 @@ def main(argv=None) -> int:
             "command": _common.command_line(__file__, argv),
             "quick": args.quick,
             "flops_only": args.flops_only,
-            "environment": _common.environment(repeats=repeats, number=number),
+            "environment": _common.environment(
+                repeats=repeats,
+                number=number,
+                gemm_peak=peak,
+                other_load_cores=None if args.flops_only else load.cores,
+            ),
             "rows": rows,
         },
     )

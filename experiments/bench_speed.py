@@ -201,29 +201,6 @@ def wait_for_quiet(max_wait_s: float, threshold: float = BUSY_CORES) -> float:
     return time.perf_counter() - start
 
 
-def measure_gemm_peak(n: int, repeats: int) -> dict:
-    """Float32 ``(n, n) @ (n, n)`` GFLOP/s in JAX (jit) and NumPy, interleaved."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), np.float32)
-    b = rng.standard_normal((n, n), np.float32)
-    a_dev, b_dev = jax.device_put(a), jax.device_put(b)
-    dot = jax.jit(jnp.dot)
-    timing = _common.time_interleaved(
-        {"jax": lambda: dot(a_dev, b_dev), "numpy": lambda: np.dot(a, b)},
-        repeats=repeats,
-        number=1,
-    )
-    flops = 2 * n**3
-    jax_gflops = flops / timing["jax"]["median_s"] / 1e9
-    np_gflops = flops / timing["numpy"]["median_s"] / 1e9
-    return {
-        "n": n,
-        "jax_gflops": jax_gflops,
-        "numpy_gflops": np_gflops,
-        "peak_gflops": max(jax_gflops, np_gflops),
-    }
-
-
 # --------------------------------------------------------------------------- data
 def load_data(data_dir, quick: bool):
     """Fashion-MNIST training images if a data folder is known, else random data."""
@@ -779,7 +756,9 @@ def main(argv=None) -> int:
         write_hlo(args)
         return 0
     data, source = prepare_data(args, load_at_start)
-    peak = measure_gemm_peak(1024 if args.quick else 2048, 3 if args.quick else 7)
+    peak = _common.measure_gemm_peak(
+        1024 if args.quick else 2048, 3 if args.quick else 7
+    )
     print(
         f"GEMM peak: JAX {peak['jax_gflops']:.1f}, NumPy {peak['numpy_gflops']:.1f} "
         "GFLOP/s (float32)"

@@ -24,12 +24,13 @@ damping grid took about 30 s, i.e. about 95 s an epoch. K-FAC's step is several 
 ``A^-1 Theta G^-1`` is two products with the 785x785 and 512x512 inverses every step
 (for the first layer alone about 4x the whole gradient's FLOPs), and every 10 steps
 the factors and their inverses. Each run also spends about 20-50 s starting, loading
-MNIST and compiling. The full run (3 + 3 grid runs of 2 epochs, then 3 + 3 runs of 10
-epochs) is therefore dominated by K-FAC's 36 epochs: about 1.3 h at 95 s an epoch,
-up to about 3 h at 280 s, and Adam's 36 epochs add about 15 min. ``--quick``
-(784-32-32-10, one rate each, one epoch, seed 0) took 96 s; it is a smoke test of the
-pipeline, not of the result, and writes under ``experiments/results/quick/`` (never
-over the published results).
+MNIST and compiling. The full run (3 + 3 grid runs of 2 epochs, then 3 + 3 runs of 8
+epochs) is therefore dominated by K-FAC's 30 epochs: about 50 min at 95 s an epoch,
+up to about 2.3 h at 280 s, and Adam's 30 epochs add about 10 min. Each finished run
+is written to the result file at once (``"complete": false`` until the last).
+``--quick`` (784-32-32-10, one rate each, one epoch, seed 0) took 96 s; it is a
+smoke test of the pipeline, not of the result, and writes under
+``experiments/results/quick/`` (never over the published results).
 
 Writes ``kfac_vs_adam.json`` and ``kfac_vs_adam.png``.
 
@@ -54,7 +55,7 @@ GRIDS = {"kfac": (0.05, 0.2, 0.5), "adam": (1e-3, 2e-3, 4e-3)}
 #: The one rate each tries with --quick (the default of jaxbp.optim).
 QUICK_GRIDS = {"kfac": (0.2,), "adam": (2e-3,)}
 GRID_EPOCHS = 2
-EPOCHS = 10
+EPOCHS = 8
 COMMON_FLAGS = ["--dataset", "mnist", "--activation", "relu", "--batch-size", "64"]
 HIDDEN, QUICK_HIDDEN = "512,512", "32,32"
 
@@ -94,7 +95,8 @@ def one_run(optimizer, lr, seed, epochs, *, quick, phase, folder) -> dict:
     cli_args = train_command(optimizer, lr, seed, epochs, quick=quick)
     print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
     t0 = time.perf_counter()
-    m = _runs.train(cli_args, folder)
+    with _common.OtherLoad() as load:
+        m = _runs.train(cli_args, folder)
     accs = [h["test_accuracy"] for h in m["history"]]
     times = m["timing"]["epoch_times_s"]
     epochs_to, seconds_to = to_target(accs, times)
@@ -115,6 +117,7 @@ def one_run(optimizer, lr, seed, epochs, *, quick, phase, folder) -> dict:
         "seconds_to_target": seconds_to,
         "final_test_accuracy": m["final_test_accuracy"],
         "wall_s": time.perf_counter() - t0,
+        "other_load_cores": load.cores,
     }
 
 
@@ -178,37 +181,7 @@ def plot(runs: list[dict], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = _common.make_parser(__doc__)
-    args = parser.parse_args(argv)
-    environment = _common.environment()
-    grids = QUICK_GRIDS if args.quick else GRIDS
-    grid_epochs = 1 if args.quick else GRID_EPOCHS
-    epochs = 1 if args.quick else EPOCHS
-    seeds = (0,) if args.quick else (0, 1, 2)
-
-    runs, chosen = [], {}
-    with tempfile.TemporaryDirectory(prefix="kfac_vs_adam-") as tmp:
-        folder = lambda: pathlib.Path(tmp) / str(len(runs))  # noqa: E731
-        for optimizer in OPTIMIZERS:
-            grid = grids[optimizer]
-            if len(grid) > 1:
-                for lr in grid:
-                    runs.append(one_run(optimizer, lr, 0, grid_epochs,
-                                        quick=args.quick, phase="grid",
-                                        folder=folder()))  # fmt: skip
-                tried = [r for r in runs if r["optimizer"] == optimizer]
-                best = max(tried, key=lambda r: r["final_test_accuracy"])
-                chosen[optimizer] = best["lr"]
-            else:
-                chosen[optimizer] = grid[0]
-        for seed in seeds:
-            for optimizer in OPTIMIZERS:
-                runs.append(one_run(optimizer, chosen[optimizer], seed, epochs,
-                                    quick=args.quick, phase="seeds",
-                                    folder=folder()))  # fmt: skip
-
-    summary = summarize(runs)
+def print_summary(summary: list[dict]) -> None:
     print(f"\n{'optimizer':<9} {'lr':>7} {'final accuracy by seed':<26} "
           f"{'epochs to 98%':<14} seconds to 98%")  # fmt: skip
     for row in summary:
@@ -219,27 +192,60 @@ def main(argv=None) -> int:
             for s in row["seconds_to_target_by_seed"]
         )
         print(f"{row['optimizer']:<9} {row['lr']:>7g} {accs:<26} {eps:<14} {secs}")
-    if args.quick:
-        print("(--quick: 784-32-32-10, one epoch, one rate: not the result)")
-    record = {
+
+
+def main(argv=None) -> int:
+    parser = _common.make_parser(__doc__)
+    args = parser.parse_args(argv)
+    grids = QUICK_GRIDS if args.quick else GRIDS
+    settings = {
+        "common_flags": COMMON_FLAGS,
+        "hidden": QUICK_HIDDEN if args.quick else HIDDEN,
+        "grids": grids,
+        "grid_epochs": 1 if args.quick else GRID_EPOCHS,
+        "epochs": 1 if args.quick else EPOCHS,
+        "seeds": [0] if args.quick else [0, 1, 2],
+        "target": TARGET,
+        "chosen_lr": {},
+    }
+    head = {
         "command": _common.command_line(__file__, argv),
         "quick": args.quick,
         "data_dir": os.environ.get("JAXBP_DATA_DIR"),
-        "settings": {
-            "common_flags": COMMON_FLAGS,
-            "hidden": QUICK_HIDDEN if args.quick else HIDDEN,
-            "grids": grids,
-            "grid_epochs": grid_epochs,
-            "epochs": epochs,
-            "seeds": list(seeds),
-            "target": TARGET,
-            "chosen_lr": chosen,
-        },
-        "environment": environment,
-        "summary": summary,
-        "runs": runs,
+        "settings": settings,
+        "environment": _common.environment(),
     }
-    path = _common.write_json(args.out / "kfac_vs_adam.json", record)
+    path = args.out / "kfac_vs_adam.json"
+    runs, chosen = [], settings["chosen_lr"]
+
+    def run(optimizer, lr, seed, epochs, phase):
+        # every finished run is on disk at once: a stopped sitting keeps its runs
+        folder = pathlib.Path(tmp) / str(len(runs))
+        runs.append(one_run(optimizer, lr, seed, epochs, quick=args.quick,
+                            phase=phase, folder=folder))  # fmt: skip
+        _common.write_json(path, {**head, "complete": False, "runs": runs})
+        return runs[-1]
+
+    with tempfile.TemporaryDirectory(prefix="kfac_vs_adam-") as tmp:
+        for optimizer in OPTIMIZERS:
+            grid = grids[optimizer]
+            if len(grid) == 1:
+                chosen[optimizer] = grid[0]
+                continue
+            tried = [run(optimizer, lr, 0, settings["grid_epochs"], "grid")
+                     for lr in grid]  # fmt: skip
+            chosen[optimizer] = max(tried, key=lambda r: r["final_test_accuracy"])["lr"]
+        for seed in settings["seeds"]:
+            for optimizer in OPTIMIZERS:
+                run(optimizer, chosen[optimizer], seed, settings["epochs"], "seeds")
+
+    summary = summarize(runs)
+    print_summary(summary)
+    if args.quick:
+        print("(--quick: 784-32-32-10, one epoch, one rate: not the result)")
+    _common.write_json(
+        path, {**head, "complete": True, "summary": summary, "runs": runs}
+    )
     try:
         plot(runs, args.out / "kfac_vs_adam.png")
         print(f"wrote {path}, {args.out / 'kfac_vs_adam.png'}")
