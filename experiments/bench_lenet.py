@@ -29,7 +29,6 @@ Example:
 """
 
 import functools
-import platform
 import sys
 import time
 
@@ -46,16 +45,6 @@ from jaxbp import models, train
 GRADS = ("manual", "autodiff")
 #: Plain SGD's step size in the epoch race (every competitor).
 LR = 0.01
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def value_and_grad(net, grad):
@@ -332,7 +321,6 @@ def main(argv=None) -> int:
         {
             "command": _common.command_line(__file__, argv),
             "quick": args.quick,
-            "cpu_model": _cpu_model(),
             "environment": _common.environment(),
             "rows": rows,
             "epochs": epochs,

@@ -34,7 +34,6 @@ Examples:
   python experiments/per_example_conv_bench.py --quick  # seconds, smoke test
 """
 
-import pathlib
 import sys
 
 import _common
@@ -93,17 +92,6 @@ def parse_args(argv=None):
     if min(args.batches) < 1 or args.repeats < 1 or args.number < 1:
         parser.error("--batches, --repeats and --number must be positive")
     return args
-
-
-def cpu_model() -> str | None:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else None."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def lenet_batch(batch: int, seed: int = 0):
@@ -267,7 +255,7 @@ def main(argv=None) -> int:
         print(f"batch {batch} whole step (ms): {whole}")
     record = {
         "command": _common.command_line(__file__, argv),
-        "environment": _common.environment(cpu_model=cpu_model()),
+        "environment": _common.environment(),
         "quick": args.quick,
         "repeats": args.repeats,
         "number": args.number,
