@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.activations import PIECEWISE_LINEAR, second_derivative
-from jaxbp.curvature.network import check_supported, sum_over_columns
+from jaxbp.curvature.network import check_supported, sum_leading, sum_over_columns
 from jaxbp.layers import Activation, Dense
 from jaxbp.layers.base import chain_forward
 from jaxbp.layers.elementwise import activation_backward
@@ -56,16 +56,22 @@ from jaxbp.per_example_layers import map_layers, per_example_grads
 Array = jax.Array
 
 
-def _column_squares(layer, params, cache, delta):
-    """One column's squares: per example ``delta^2`` for a Dense layer (its input's
-    ``x^2`` is applied once, after the sum over columns), else ``sum_i
-    (dl_i/dtheta)^2`` from the materialised per-example gradients."""
+def _column_squares(layer, params, cache, deltas):
+    """The columns' squares, summed over the columns (``deltas``' first axis): per
+    example ``sum_k delta_k^2`` for a Dense layer (its input's ``x^2`` is applied
+    once, in :func:`_finish`), else ``sum_{i,k} (dl_ik/dtheta)^2`` from the
+    materialised per-example gradients, one column at a time."""
     if not jax.tree.leaves(params):
         return params
     if isinstance(layer, Dense):
-        return {"delta2": delta * delta}
-    grads = per_example_grads((layer,), [params], [cache], [delta])[0]
-    return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads)
+        return {"delta2": sum_leading(deltas * deltas)}  # sum_k delta_k^2
+
+    def squares(total, delta):
+        grads = per_example_grads((layer,), [params], [cache], [delta])[0]
+        return jax.tree.map(lambda t, g: t + sum_leading(g * g), total, grads), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return jax.lax.scan(squares, zeros, deltas)[0]
 
 
 def _finish(layer, params, cache, summed):

@@ -61,15 +61,17 @@ def _input_factor(layer, cache) -> dict:
     return {}
 
 
-def _output_factor(layer, params, cache, delta) -> dict:
-    """``sum_i g_i g_i^T`` of one column (averaged over positions), unscaled."""
+def _output_factor(layer, params, cache, deltas) -> dict:
+    """``sum_i sum_k g_ik g_ik^T`` (averaged over positions), unscaled; ``deltas``
+    stacks the columns ``k`` on its first axis."""
     del params, cache
     if isinstance(layer, Dense):
-        return {"G": delta.T @ delta}  # sum_i g_i g_i^T
+        g = deltas.reshape(-1, deltas.shape[-1])  # (K B, m)
+        return {"G": g.T @ g}  # sum_{i,k} g_ik g_ik^T, one product
     if isinstance(layer, Conv2D):
-        positions = delta.shape[1] * delta.shape[2]
-        g = delta.reshape(-1, delta.shape[-1])
-        return {"G": g.T @ g / positions}  # sum_i (1/T) sum_t g_it g_it^T
+        positions = deltas.shape[2] * deltas.shape[3]  # (K, B, H, W, F)
+        g = deltas.reshape(-1, deltas.shape[-1])
+        return {"G": g.T @ g / positions}  # sum_{i,k} (1/T) sum_t g_itk g_itk^T
     return {}
 
 

