@@ -127,6 +127,42 @@ def autodiff_diag(net, params, x, y, key=None):
 
 
 # ------------------------------------------------------------------ the benchmark
+#: The goals of issue 17: each quantity within this multiple of its floor (its FLOP
+#: ratio times the gradient's time), and never slower than its autodiff twin.
+FLOOR_GOAL = 1.2
+
+
+def check_goals(rows: list[dict]) -> list[dict]:
+    """Per network and quantity (the manual ones), whether each goal is met."""
+    by_label = {(r["network"], r["quantity"]): r for r in rows}
+    checks = []
+    for r in rows:
+        if r["quantity"].endswith(" autodiff") or r["quantity"] == "gradient":
+            continue
+        twin = by_label.get((r["network"], f"{r['quantity']} autodiff"))
+        over_twin = None if twin is None else r["median_ms"] / twin["median_ms"]
+        checks.append({
+            "network": r["network"],
+            "quantity": r["quantity"],
+            "time_over_floor": r["time_over_floor"],
+            "within_floor_goal": r["time_over_floor"] <= FLOOR_GOAL,
+            "time_over_autodiff": over_twin,
+            "not_slower_than_autodiff": None if twin is None else over_twin <= 1.0,
+        })  # fmt: skip
+    return checks
+
+
+def print_goals(checks: list[dict]) -> None:
+    print(f"\n{'network':>15}  {'quantity':<22} {'/floor':>7}  {'/autodiff':>9}")
+    for c in checks:
+        twin = c["time_over_autodiff"]
+        flag = "" if c["within_floor_goal"] else f"  above {FLOOR_GOAL}x its floor"
+        if twin is not None and twin > 1.0:
+            flag += "  slower than autodiff"
+        print(f"{c['network']:>15}  {c['quantity']:<22} {c['time_over_floor']:7.2f}  "
+              f"{'-' if twin is None else f'{twin:9.2f}':>9}{flag}")  # fmt: skip
+
+
 def networks(quick: bool) -> dict:
     if quick:
         return {"784-32-10": jaxbp.MLP((784, 32, 10), "relu")}
@@ -239,6 +275,10 @@ def main(argv=None) -> int:
             if args.network and not args.quick and name not in args.network:
                 continue
             rows += bench(name, net, batch, repeats, number, args.flops_only)
+    goals = None
+    if not args.flops_only:
+        goals = check_goals(rows)
+        print_goals(goals)
     path = _common.write_json(
         args.out
         / ("bench_curvature_flops.json" if args.flops_only else "bench_curvature.json"),
@@ -253,6 +293,7 @@ def main(argv=None) -> int:
                 other_load_cores=None if args.flops_only else load.cores,
             ),
             "rows": rows,
+            "goals": goals,
         },
     )
     print(f"wrote {path}")
