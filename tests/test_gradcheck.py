@@ -14,7 +14,7 @@ import pytest
 import jaxbp
 from jaxbp import finite_differences as fdiff
 from jaxbp.activations import ACTIVATIONS, Activation
-from jaxbp.gradcheck.mlp import MANUAL_NAME
+from jaxbp.gradcheck.network import MANUAL_NAME
 from jaxbp.gradcheck.report import AUTO_NAME, FD_NAME, GRAD_RTOL, default_tiny
 
 SIZES = {1: (6, 4), 2: (6, 5, 4), 3: (6, 5, 5, 4)}
@@ -1117,5 +1117,10 @@ def test_public_surface_holds_what_users_call():
     assert public <= set(jaxbp.__all__)
     for name in public:
         assert getattr(jaxbp, name) is getattr(jaxbp.gradcheck, name)
-    for internal in ("FAR_BEYOND", "AUTO_NAME", "MANUAL_NAME", "MLP_AUTO_ALL_LIMIT"):
+    for internal in (
+        "FAR_BEYOND",
+        "AUTO_NAME",
+        "MANUAL_NAME",
+        "NETWORK_AUTO_ALL_LIMIT",
+    ):
         assert not hasattr(jaxbp.gradcheck, internal)

@@ -24,7 +24,7 @@ The modules, each importing only those above it (and :mod:`jaxbp.finite_differen
   the rule of gradient against finite differences (error budgets, kinks, and
   directions that mix pairs of kinked coordinates), and
   :func:`finite_difference_grad`, plain central differences;
-* :mod:`jaxbp.gradcheck.mlp`: :func:`check_network_grad` and
+* :mod:`jaxbp.gradcheck.network`: :func:`check_network_grad` and
   :func:`assert_network_grad_matches`, with per-layer localisation of the delta rule.
 
 Use it in a test suite as a one-liner::
@@ -36,12 +36,12 @@ from jaxbp.gradcheck.check import CheckOptions as CheckOptions
 from jaxbp.gradcheck.check import assert_grad_matches as assert_grad_matches
 from jaxbp.gradcheck.check import check_grad as check_grad
 from jaxbp.gradcheck.check import finite_difference_grad as finite_difference_grad
-from jaxbp.gradcheck.mlp import assert_gradients_agree as assert_gradients_agree
-from jaxbp.gradcheck.mlp import (
+from jaxbp.gradcheck.network import assert_gradients_agree as assert_gradients_agree
+from jaxbp.gradcheck.network import (
     assert_network_grad_matches as assert_network_grad_matches,
 )
-from jaxbp.gradcheck.mlp import check_gradients as check_gradients
-from jaxbp.gradcheck.mlp import check_network_grad as check_network_grad
+from jaxbp.gradcheck.network import check_gradients as check_gradients
+from jaxbp.gradcheck.network import check_network_grad as check_network_grad
 from jaxbp.gradcheck.report import Comparison as Comparison
 from jaxbp.gradcheck.report import GradCheckReport as GradCheckReport
 from jaxbp.gradcheck.report import LeafError as LeafError

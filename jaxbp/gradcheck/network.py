@@ -1,4 +1,4 @@
-"""The gradient check of an :class:`~jaxbp.MLP`, with per-layer localisation.
+"""The gradient check of a network spec (``MLP`` or ``Sequential``), per layer.
 
 :func:`check_network_grad` is :func:`jaxbp.gradcheck.check_grad` of a network spec's
 loss (an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`), with the same options,
@@ -29,7 +29,7 @@ Array = jax.Array
 
 #: ``fd="auto"`` in :func:`check_network_grad` (whose perturbed points are cheap) checks
 #: every coordinate up to this many parameters.
-MLP_AUTO_ALL_LIMIT = 200_000
+NETWORK_AUTO_ALL_LIMIT = 200_000
 #: The name of the library's delta rule in a report.
 MANUAL_NAME = "manual (delta rule)"
 
@@ -190,7 +190,7 @@ def check_network_grad(
         training loss is checked, with the masks held fixed).
       dtype: as for :func:`check_grad`.
       fd: as for :func:`check_grad` (``None`` skips finite differences), except that
-        ``"auto"`` checks every coordinate up to :data:`MLP_AUTO_ALL_LIMIT`
+        ``"auto"`` checks every coordinate up to :data:`NETWORK_AUTO_ALL_LIMIT`
         parameters (a network's perturbed points are cheap), else a sample of
         ``fd_samples`` per leaf.
       fd_dtype, fd_step, fd_samples, fd_directions, fd_safety, rtol, seed: as for
@@ -230,7 +230,7 @@ def check_network_grad(
     name = "grad_fun" if grad_fun is not None else MANUAL_NAME
     report = run_check(
         net.loss, grad_fun or net.manual_grad, params, (x, y), options, name=name,
-        auto_limit=MLP_AUTO_ALL_LIMIT,
+        auto_limit=NETWORK_AUTO_ALL_LIMIT,
         coordinate_evaluator=_mlp_coordinate_evaluator(net),
         title=f"check_network_grad of {net}, batch {int(jnp.shape(x)[0])}",
         label=lambda path: f"{path} (layer {int(path[1:path.index(']')]) + 1} of "
@@ -262,7 +262,7 @@ def _check_sequential(net: Sequential, params, x, y, grad_fun, key,
     name = "grad_fun" if grad_fun is not None else MANUAL_NAME
     report = run_check(
         partial(net.loss, key=key), grad_fun or partial(net.manual_grad, key=key),
-        params, (x, y), options, name=name, auto_limit=MLP_AUTO_ALL_LIMIT,
+        params, (x, y), options, name=name, auto_limit=NETWORK_AUTO_ALL_LIMIT,
         title=f"check_network_grad of {net}, batch {int(jnp.shape(x)[0])}",
         label=partial(seq_check.layer_label, net),
     )  # fmt: skip
