@@ -74,16 +74,24 @@ def parse_seeds(
         parser.error(f"--seeds must be comma-separated integers, got {text!r}")
 
 
-def train(args: list[str], out: pathlib.Path) -> dict:
+def train(args: list[str], out: pathlib.Path, *, check: bool = True) -> dict | None:
     """Runs ``python -m jaxbp ARGS --out OUT``; returns its ``metrics.json``.
 
     The run's own lines (one per epoch) go to this script's output as they come.
+
+    Args:
+      args: the ``jaxbp`` arguments, from the command on.
+      out: the run's ``--out`` folder.
+      check: raise if the command fails; with ``False``, return ``None`` instead
+        (a learning-rate grid, where a rate that diverges is a result).
 
     Raises:
       SystemExit: the command failed; the message names it and its exit status.
     """
     command = [sys.executable, "-m", "jaxbp", *args, "--out", str(out)]
     proc = subprocess.run(command, check=False)
+    if proc.returncode != 0 and not check:
+        return None
     if proc.returncode != 0:
         script = pathlib.Path(sys.argv[0]).stem
         raise SystemExit(

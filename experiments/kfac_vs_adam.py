@@ -7,7 +7,8 @@ inverse factors refreshed every 10 steps, then the learning rate) and with
 ``--optimizer adam``, and reads each run's ``metrics.json``.
 
 1. A learning-rate grid per optimizer (``GRIDS``), seed 0, ``GRID_EPOCHS`` epochs;
-   each optimizer keeps the rate with the best final test accuracy.
+   each optimizer keeps the rate with the best final test accuracy (a rate that
+   diverges is recorded as failed and left out).
 2. Seeds 0, 1 and 2 at the chosen rates, ``EPOCHS`` epochs each.
 
 Per run: the test accuracy after every epoch, the epoch wall-clock times (training
@@ -91,22 +92,31 @@ def to_target(accuracies: list[float], epoch_times: list[float]):
 
 
 def one_run(optimizer, lr, seed, epochs, *, quick, phase, folder) -> dict:
-    """Trains one run and returns its record."""
+    """Trains one run and returns its record; a grid run that fails (diverges) is
+    recorded as failed, with no accuracy."""
     cli_args = train_command(optimizer, lr, seed, epochs, quick=quick)
     print(f"\n$ jaxbp {shlex.join(cli_args)}", flush=True)
     t0 = time.perf_counter()
     with _common.OtherLoad() as load:
-        m = _runs.train(cli_args, folder)
-    accs = [h["test_accuracy"] for h in m["history"]]
-    times = m["timing"]["epoch_times_s"]
-    epochs_to, seconds_to = to_target(accs, times)
-    return {
+        m = _runs.train(cli_args, folder, check=phase != "grid")
+    record = {
         "phase": phase,
         "optimizer": optimizer,
         "lr": lr,
         "seed": seed,
         "quick": quick,
         "command": f"jaxbp {shlex.join(cli_args)}",
+        "failed": m is None,
+        "wall_s": time.perf_counter() - t0,
+        "other_load_cores": load.cores,
+    }
+    if m is None:  # the command's own error line (divergence, say) is in the log
+        return {**record, "final_test_accuracy": None}
+    accs = [h["test_accuracy"] for h in m["history"]]
+    times = m["timing"]["epoch_times_s"]
+    epochs_to, seconds_to = to_target(accs, times)
+    return {
+        **record,
         "config": m["config"],
         "num_params": m["num_params"],
         "test_accuracy_per_epoch": accs,
@@ -116,8 +126,6 @@ def one_run(optimizer, lr, seed, epochs, *, quick, phase, folder) -> dict:
         "epochs_to_target": epochs_to,
         "seconds_to_target": seconds_to,
         "final_test_accuracy": m["final_test_accuracy"],
-        "wall_s": time.perf_counter() - t0,
-        "other_load_cores": load.cores,
     }
 
 
@@ -234,7 +242,11 @@ def main(argv=None) -> int:
                 continue
             tried = [run(optimizer, lr, 0, settings["grid_epochs"], "grid")
                      for lr in grid]  # fmt: skip
-            chosen[optimizer] = max(tried, key=lambda r: r["final_test_accuracy"])["lr"]
+            finished = [r for r in tried if not r["failed"]]
+            if not finished:
+                raise SystemExit(f"kfac_vs_adam: every {optimizer} rate failed")
+            best = max(finished, key=lambda r: r["final_test_accuracy"])
+            chosen[optimizer] = best["lr"]
         for seed in settings["seeds"]:
             for optimizer in OPTIMIZERS:
                 run(optimizer, chosen[optimizer], seed, settings["epochs"], "seeds")
