@@ -13,8 +13,10 @@ cross-entropy, random MNIST-shaped data, in one process:
   one is practical: ``jax.jvp(jax.grad)`` for ``hvp``; ``jax.jvp`` of the network, the
   loss Hessian by ``jax.jvp(jax.grad)`` in the output, then ``jax.vjp`` for
   ``ggn_vp``; ``jax.vmap(jax.grad)`` of each column's per-example products, squared,
-  for the GGN diagonals. ``diag_hessian`` is timed for the MLPs only (it is for MLPs);
-  the Kronecker factors have no autodiff counterpart here.
+  for the GGN diagonals; for the Kronecker factors, ``G`` from ``jax.vjp`` to zero
+  offsets on each layer's output, ``vmap``-ed over the factor's columns
+  (:func:`autodiff_kfac`). ``diag_hessian`` is timed for the MLPs only (it is for
+  MLPs) and has no autodiff twin here.
 
 Writes bench_curvature.json (``--flops-only``: bench_curvature_flops.json, no
 timing). Compare ratios within one run, never absolute times across machines.
@@ -37,6 +39,9 @@ from jax.extend import core as jax_core
 
 import jaxbp
 from jaxbp import losses, models
+from jaxbp.curvature import network as curvature_network
+from jaxbp.layers import Conv2D, Dense
+from jaxbp.per_example_layers import conv_patches
 
 BATCH = 128
 
@@ -126,6 +131,52 @@ def autodiff_diag(net, params, x, y, key=None):
     return jax.tree.map(lambda t: t / x.shape[0], total)
 
 
+def autodiff_kfac(net, params, x, y, key=None):
+    """``A`` and ``G`` of every Dense and Conv2D layer, ``G`` from ``jax.vjp``.
+
+    Each such layer's output gets a zero offset; the pull-back of every factor column
+    to the offsets gives the cotangents ``g`` (``vmap`` over the columns), and ``A``
+    is ``a^T a`` of the inputs (a convolution's patches), as the tests build them.
+    For chains without Residual blocks (the benchmark's networks).
+    """
+    chain = curvature_network.check_supported(net, "autodiff_kfac")
+    x, targets = net.check_batch(params, x, y)
+    cp = chain.to_chain(params)
+    heavy = [isinstance(layer, (Dense, Conv2D)) for layer in chain.layers]
+
+    def forward(offsets):
+        h, inputs, outputs, it = x, [], [], iter(offsets)
+        for layer, p, is_heavy in zip(chain.layers, cp, heavy, strict=True):
+            inputs.append(h)
+            h = layer.forward(p, h)[0]
+            if is_heavy:
+                h = h + next(it, 0.0)
+                outputs.append(h)
+        return h, (inputs, outputs)
+
+    shapes = jax.eval_shape(lambda: forward([])[1][1])
+    zeros = [jnp.zeros(t.shape, t.dtype) for t in shapes]
+    out, pullback, (inputs, _) = jax.vjp(forward, zeros, has_aux=True)
+    if key is None:
+        factor = losses.hessian_factor(net.objective, out, targets)
+    else:
+        factor = losses.sampled_hessian_factor(net.objective, out, targets, key, 1)
+    gs = jax.vmap(lambda c: pullback(c)[0], in_axes=-1)(factor)  # (K, B, ...) each
+    b, result, k = out.shape[0], [], 0
+    for layer, inp, is_heavy in zip(chain.layers, inputs, heavy, strict=True):
+        if not is_heavy:
+            result.append({})
+            continue
+        a = conv_patches(layer, inp) if isinstance(layer, Conv2D) else inp
+        a = a.reshape(-1, a.shape[-1])
+        a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
+        g = gs[k].reshape(-1, gs[k].shape[-1])
+        positions = g.shape[0] // (b * factor.shape[-1])  # T of a convolution, else 1
+        result.append({"A": a.T @ a / b, "G": g.T @ g / (b * positions)})
+        k += 1
+    return chain.from_chain(result)
+
+
 # ------------------------------------------------------------------ the benchmark
 #: The goals of issue 17: each quantity within this multiple of its floor (its FLOP
 #: ratio times the gradient's time), and never slower than its autodiff twin.
@@ -188,9 +239,11 @@ def quantities(net) -> dict:
         "diag_ggn_mc": (lambda p, x, y, v, k: jaxbp.diag_ggn_mc(net, p, x, y, k),
                         lambda p, x, y, v, k: autodiff_diag(net, p, x, y, k)),
         "kfac_factors (KFLR)": (
-            lambda p, x, y, v, k: jaxbp.kfac_factors(net, p, x, y), None),
+            lambda p, x, y, v, k: jaxbp.kfac_factors(net, p, x, y),
+            lambda p, x, y, v, k: autodiff_kfac(net, p, x, y)),
         "kfac_factors (MC)": (
-            lambda p, x, y, v, k: jaxbp.kfac_factors(net, p, x, y, k), None),
+            lambda p, x, y, v, k: jaxbp.kfac_factors(net, p, x, y, k),
+            lambda p, x, y, v, k: autodiff_kfac(net, p, x, y, k)),
     }  # fmt: skip
     if isinstance(net, jaxbp.MLP):
         q["diag_hessian"] = (
