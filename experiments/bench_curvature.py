@@ -123,7 +123,9 @@ def autodiff_diag(net, params, x, y, key=None):
 
     def column(total, c_k):
         grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, c_k)
-        squares = jax.tree.map(lambda g: jnp.sum(g * g, axis=0), grads)
+        # summed over examples by halving, as diag_ggn does: jnp.sum(axis=0) of the
+        # (B, n, m) squares ran 25-30x slower on XLA's CPU (sum_leading)
+        squares = jax.tree.map(lambda g: curvature_network.sum_leading(g * g), grads)
         return jax.tree.map(jnp.add, total, squares), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
