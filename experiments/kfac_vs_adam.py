@@ -17,20 +17,12 @@ epochs and seconds to 98 % test accuracy (``None`` if never reached) and the fin
 accuracy; a summary per optimizer, and the curves against epochs and against seconds.
 The comparison is reported as it comes out, whichever optimizer wins.
 
-Cost, measured with ``nice -n 10`` on the shared 2-core CPU of the development machine
-while other trainings and tests ran on it (so upper bounds, and noisy): one epoch of
-this network (937 steps of 64) took 20.8 s with Adam (lr 2e-3; 0.9759 test accuracy)
-and 282 s with K-FAC (lr 0.2; 0.9787), under heavier load; 300 K-FAC steps in the
-damping grid took about 30 s, i.e. about 95 s an epoch. K-FAC's step is several Adams:
-``A^-1 Theta G^-1`` is two products with the 785x785 and 512x512 inverses every step
-(for the first layer alone about 4x the whole gradient's FLOPs), and every 10 steps
-the factors and their inverses. Each run also spends about 20-50 s starting, loading
-MNIST and compiling. The full run (3 + 3 grid runs of 2 epochs, then 3 + 3 runs of 8
-epochs) is therefore dominated by K-FAC's 30 epochs: about 50 min at 95 s an epoch,
-up to about 2.3 h at 280 s, and Adam's 30 epochs add about 10 min. Each finished run
-is written to the result file at once (``"complete": false`` until the last).
-``--quick`` (784-32-32-10, one rate each, one epoch, seed 0) took 96 s; it is a
-smoke test of the pipeline, not of the result, and writes under
+Cost: the full run took 23 minutes on a 2-core AMD EPYC with other jobs keeping
+about 1.7 of its cores busy (median epoch 28.8 s with K-FAC, 3.1 s with Adam; at
+batch 64 K-FAC's preconditioning alone is 7.7x the gradient's matrix-product FLOPs
+every step). Each finished run is written to the result file at once (``"complete":
+false`` until the last). ``--quick`` (784-32-32-10, one rate each, one epoch, seed 0)
+took 96 s; it is a smoke test of the pipeline, not of the result, and writes under
 ``experiments/results/quick/`` (never over the published results).
 
 Writes ``kfac_vs_adam.json`` and ``kfac_vs_adam.png``.
