@@ -13,7 +13,7 @@ from layer_harness import forbid_autodiff
 
 from jaxbp import MLP, Sequential
 from jaxbp.activations import ACTIVATIONS
-from jaxbp.curvature import diag, diag_ggn, diag_ggn_mc, diag_hessian
+from jaxbp.curvature import diag, diag_ggn, diag_ggn_mc, diag_hessian, network
 from jaxbp.layers import BatchNorm, Dense
 
 LOSSES = ("softmax_cross_entropy", "half_sse", "mse")
@@ -183,3 +183,14 @@ def test_refusals_name_the_layer():
 
 def test_doctests():
     assert doctest.testmod(diag).failed == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 128])
+def test_sum_leading_is_the_sum_over_the_first_axis(n):
+    # the halving order of diag_ggn's column and example sums; odd lengths carry
+    # their last slice along, and one slice is returned as it is
+    with jax.enable_x64(True):
+        t = jax.random.normal(jax.random.key(n), (n, 3, 4), jnp.float64)
+        got = network.sum_leading(t)
+        assert got.shape == (3, 4)
+        np.testing.assert_allclose(got, jnp.sum(t, axis=0), rtol=1e-13, atol=1e-13)
