@@ -3,7 +3,7 @@
 Compiles one training epoch (``jaxbp.train.make_train_epoch``, the program ``jaxbp
 train`` runs: 60,000 examples, batch 64, Adam) of each network with ``grad="manual"``
 and with each learning rule of :mod:`jaxbp.feedback`, without the alignment
-measurements (``align_every=None``; the per-epoch measurement of ``fit`` runs
+measurements (``align_every=None``; the per-epoch measurement of ``train_epochs`` runs
 outside the epoch), and times them interleaved (``_common.time_interleaved``): every
 round runs each variant once in turn, so that the load of other processes falls on
 all alike. Reports the median epoch time and each rule's ratio to backprop (the

@@ -39,9 +39,10 @@ model -> gradients -> train -> CLI):
   every number of the forward pass, the chain rule and the delta rule (shown as
   text, JSON or a web page by ``jaxbp.render``, which this package does not import);
 * ``jaxbp.train`` and ``jaxbp.checkpoint``: training state, compiled step and epoch,
-  evaluation, ``fit``, atomic checkpoints;
-* ``jaxbp.config``: :class:`TrainConfig`, the one description of a run, and ``setup``,
-  which builds its network, optimizer, data and initial state;
+  evaluation, the loop over epochs ``train_epochs``, atomic checkpoints;
+* ``jaxbp.config``: :class:`TrainConfig`, the one description of a run; ``setup``,
+  which builds its network, optimizer, data and initial state, and :func:`fit`, which
+  trains it;
 * ``jaxbp.cli``: the ``jaxbp`` command, one module per subcommand (not imported
   here).
 """
@@ -76,6 +77,7 @@ from jaxbp.checkpoint import load_params
 from jaxbp.checkpoint import save_checkpoint
 from jaxbp.config import TrainConfig
 from jaxbp.config import TrainSetup
+from jaxbp.config import fit
 from jaxbp.curvature import assert_hvp_matches
 from jaxbp.curvature import check_hvp
 from jaxbp.curvature import diag_ggn
@@ -115,11 +117,11 @@ from jaxbp.per_example import per_example_grad_norms
 from jaxbp.per_example import per_example_grads
 from jaxbp.train import DPConfig
 from jaxbp.train import TrainState
-from jaxbp.train import fit
 from jaxbp.train import init_train_state
 from jaxbp.train import make_evaluate
 from jaxbp.train import make_train_epoch
 from jaxbp.train import make_train_step
+from jaxbp.train import train_epochs
 
 __version__ = "0.1.0"
 
@@ -196,6 +198,7 @@ __all__ = (
     "sequential",
     "to_float",
     "train",
+    "train_epochs",
     "validation",
     "value_and_feedback_grad",
 )

@@ -14,7 +14,8 @@ preset or gives a spec string of layers (:mod:`jaxbp.models`); the config then h
 the canonical spec, so a run records exactly the layers it trained.
 
 :func:`setup` turns a config into the network, optimizer, data and initial training
-state (:class:`TrainSetup`); :func:`fit` trains it as configured. The same two calls
+state (:class:`TrainSetup`); :func:`fit` (``jaxbp.fit``) trains it as configured,
+through the loop over epochs :func:`jaxbp.train.train_epochs`. The same two calls
 are what ``jaxbp train`` runs, so a run from Python and from the command line with
 the same settings end on the same parameters.
 
@@ -113,7 +114,7 @@ class TrainConfig:
         pixels and its last layer must give one output per class. ``"mlp"`` is
         ``None``.
       align_every: with a learning rule, also measure its alignment with the true
-        gradient every this many steps (:func:`jaxbp.train.fit`); ``None``: after
+        gradient every this many steps (:func:`fit`); ``None``: after
         every epoch only.
 
     Raises:
@@ -320,7 +321,8 @@ class TrainConfig:
 
     @property
     def dp(self) -> train.DPConfig | None:
-        """DP-SGD settings for :func:`jaxbp.train.fit`, or ``None``."""
+        """DP-SGD settings for the training step (:class:`~jaxbp.train.DPConfig`),
+        or ``None``."""
         if self.dp_clip is None:
             return None
         return train.DPConfig(self.dp_clip, self.dp_noise)
@@ -516,25 +518,42 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     on_progress: Callable[[train.EpochProgress], None] | None = None,
 ) -> tuple[train.TrainState, list[train.EpochLog], dict]:
-    """Trains ``run.state`` as its config says (:func:`jaxbp.train.fit`).
+    """Trains ``run.state`` as its config says, evaluating after every epoch.
+
+    The run's epochs, batch size, gradient, DP-SGD and alignment measurements come
+    from ``run.config``; the loop is :func:`jaxbp.train.train_epochs` (call that for
+    a network, optimizer or data a :class:`TrainConfig` does not describe).
 
     Args:
       run: from :func:`setup`; replace its ``state`` (``run._replace(state=...)``) to
         continue a restored one.
       start_epoch: epochs ``run.state`` has already trained.
-      on_epoch: called with ``(state, log)`` after every epoch.
-      mesh: train data-parallel over this mesh's ``"data"`` axis.
+      on_epoch: called with ``(state, log)`` after every epoch (to print, to save a
+        checkpoint).
+      mesh: train data-parallel over this mesh's ``"data"`` axis
+        (:func:`jaxbp.parallel.make_data_mesh`).
       on_progress: called with a :class:`~jaxbp.train.EpochProgress` while each
-        epoch runs (see :func:`jaxbp.train.fit`).
+        epoch runs (see :func:`jaxbp.train.train_epochs`).
 
     Returns:
-      ``(state, logs, timing)`` as :func:`jaxbp.train.fit` returns them.
+      ``(state, logs, timing)``: the final state, one
+      :class:`~jaxbp.train.EpochLog` per epoch run, and the compile times
+      ``{"compile_s": ..., "eval_compile_s": ...}``.
 
     Raises:
       DivergenceError: naming the first step whose loss was not finite.
+
+    Examples:
+      >>> import numpy as np
+      >>> x = np.zeros((100, 784), np.uint8); y = np.arange(100, dtype=np.int32) % 10
+      >>> run = setup(TrainConfig(batch_size=50, epochs=1), train_data=(x, y),
+      ...             test_data=(x, y))
+      >>> state, logs, timing = fit(run)
+      >>> int(state.step), logs[-1].epoch, logs[-1].test_accuracy
+      (2, 1, 0.1)
     """
     config = run.config
-    return train.fit(
+    return train.train_epochs(
         run.net,
         run.optimizer,
         run.state,

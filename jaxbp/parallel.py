@@ -37,6 +37,13 @@ implicit broadcast is a ``psum``), and a further ``pmean`` would then be wrong b
 factor of ``n``. With the cast, manual and autodiff gradients are both purely local and
 the explicit ``pmean`` is the only reduction.
 
+Everything a mesh changes in training is here, as functions that take the mesh or
+``None`` (one device) and then change nothing: :func:`replicate` (the state and the
+datasets), :func:`take_rows` (each device's rows of a batch), :func:`data_parallel`
+(the gradient), :func:`whole_batch` (the batch for an optimizer that reads it),
+:func:`data_parallel_sum` and :func:`round_up_batch_size` (the evaluation), and
+:func:`check_batch_size`. :mod:`jaxbp.train` calls them alike with a mesh or without.
+
 Many hosts use JAX's own multi-controller runtime: every process calls
 :func:`initialize_distributed` (``jax.distributed.initialize``), builds the same mesh
 over all global devices, and feeds only its own slice of each global batch, which
@@ -117,8 +124,18 @@ def num_data_shards(mesh: Mesh) -> int:
     return int(mesh.shape[DATA_AXIS])
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """Raises ``ValueError`` unless ``batch_size`` splits evenly over the mesh."""
+def check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
+    """Raises ``ValueError`` unless ``batch_size`` splits evenly over the mesh.
+
+    Args:
+      batch_size: examples per step.
+      mesh: the data mesh; ``None`` (one device) takes any size.
+
+    Raises:
+      ValueError: if ``batch_size`` is not a multiple of the device count.
+    """
+    if mesh is None:
+        return
     n = num_data_shards(mesh)
     if batch_size % n:
         raise ValueError(
@@ -137,15 +154,40 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
+def round_up_batch_size(batch_size: int, mesh: Mesh | None) -> int:
+    """The least multiple of the mesh's device count that is at least
+    ``batch_size`` (``batch_size`` itself without a mesh).
+
+    For evaluation, whose batch size is memory, not results (the padding is masked
+    out), so it may grow to split evenly.
+
+    Examples:
+      >>> round_up_batch_size(1000, None)
+      1000
+    """
+    if mesh is None:
+        return batch_size
+    n = num_data_shards(mesh)
+    return -(-batch_size // n) * n
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
     """Copies every leaf of ``tree`` whole onto every device of ``mesh``.
 
-    For parameters, optimizer state and device-resident datasets.
+    For parameters, optimizer state (a whole ``TrainState``) and device-resident
+    datasets. Every process must pass the same values (``jax.device_put`` accepts
+    host and single-device values for a sharding that spans many processes); PRNG
+    key arrays are placed through their key data.
 
-    Every process must pass the same values (``jax.device_put`` accepts host and
-    single-device values for a sharding that spans many processes); PRNG key arrays
-    are placed through their key data.
+    Args:
+      tree: a pytree of arrays (``None`` leaves stay ``None``).
+      mesh: the data mesh; ``None`` (one device) returns ``tree`` unchanged.
+
+    Returns:
+      The same pytree, every leaf replicated on ``mesh``.
     """
+    if mesh is None:
+        return tree
     sharding = replicated(mesh)
 
     def put(leaf):
@@ -192,7 +234,7 @@ def constrain(x: jax.Array, sharding: NamedSharding) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, sharding)
 
 
-def take_rows(data: Any, idx: jax.Array, mesh: Mesh) -> Any:
+def take_rows(data: Any, idx: jax.Array, mesh: Mesh | None) -> Any:
     """Inside ``jit``: ``data[idx]`` for a replicated dataset, split over ``"data"``.
 
     Each device gathers only its own ``len(idx) / n`` rows from its copy of the
@@ -201,11 +243,13 @@ def take_rows(data: Any, idx: jax.Array, mesh: Mesh) -> Any:
     Args:
       data: a pytree of arrays replicated on ``mesh``, leading axis the examples.
       idx: integer indices ``(B,)``; ``B`` divisible by the size of ``"data"``.
-      mesh: the data mesh.
+      mesh: the data mesh; ``None``: every leaf's ``a[idx]`` on one device.
 
     Returns:
       The pytree of batches ``(B, ...)``, sharded along ``"data"``.
     """
+    if mesh is None:
+        return jax.tree.map(lambda a: a[idx], data)
     idx = constrain(idx, batch_sharding(mesh))
     return jax.shard_map(
         lambda data, idx: jax.tree.map(lambda a: a[idx], data),
@@ -215,8 +259,31 @@ def take_rows(data: Any, idx: jax.Array, mesh: Mesh) -> Any:
     )(data, idx)
 
 
+def whole_batch(batch: Any, mesh: Mesh | None) -> Any:
+    """Inside ``jit``: every leaf of ``batch`` whole on every device of ``mesh``.
+
+    For an optimizer that reads the batch (K-FAC's Kronecker factors are sums over
+    its examples): it sees the same batch as on one device. An optimizer that does
+    not read it leaves it unused, and XLA drops the copy.
+
+    Args:
+      batch: a pytree of arrays, e.g. ``(x, y)`` split over ``"data"``.
+      mesh: the data mesh; ``None`` returns ``batch`` unchanged.
+
+    Returns:
+      The same pytree, every leaf replicated.
+    """
+    if mesh is None:
+        return batch
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda a: constrain(a, sharding), batch)
+
+
 def data_parallel(
-    value_and_grad: Callable, mesh: Mesh, *, batch_specs: Sequence[P] | None = None
+    value_and_grad: Callable,
+    mesh: Mesh | None,
+    *,
+    batch_specs: Sequence[P] | None = None,
 ) -> Callable:
     """Data-parallel ``(params, *batch) -> (loss, grads)`` from a single-device one.
 
@@ -229,7 +296,8 @@ def data_parallel(
     Args:
       value_and_grad: ``(params, *batch) -> (loss, grads)`` for one device, e.g.
         ``net.value_and_manual_grad`` or ``jax.value_and_grad(net.loss)``.
-      mesh: the data mesh.
+      mesh: the data mesh; ``None`` (one device) returns ``value_and_grad``
+        itself.
       batch_specs: a ``PartitionSpec`` per batch argument; default
         ``(P("data"), P("data"))`` for ``(x, y)`` split along the batch axis.
 
@@ -237,7 +305,12 @@ def data_parallel(
       A function to call inside ``jax.jit`` with ``params`` replicated on ``mesh``;
       each batch argument is first given the sharding its spec names (a no-op for a
       batch that already has it, such as one from :func:`global_batch`).
+
+    Raises:
+      ValueError: if ``mesh`` has no ``"data"`` axis.
     """
+    if mesh is None:
+        return value_and_grad
     num_data_shards(mesh)
     if batch_specs is None:
         batch_specs = (P(DATA_AXIS), P(DATA_AXIS))
@@ -262,6 +335,57 @@ def data_parallel(
         return sharded(params, *batch)
 
     return value_and_grad_data_parallel
+
+
+def data_parallel_sum(totals: Callable, mesh: Mesh | None) -> Callable:
+    """Data-parallel ``(init, replicated, batches) -> totals`` from a one-device one.
+
+    ``totals(init, replicated, batches)`` adds up something over a stack of batches
+    (each leaf of ``batches`` ``(num_batches, batch_size, ...)``), starting from
+    ``init``: an evaluation's loss and correct-answer counts, say. On a mesh each
+    device runs it on its own columns of every batch (``batch_size / n`` examples
+    each) and one ``jax.lax.psum`` over ``"data"`` adds the devices' totals:
+
+    .. math::
+
+       \\sum_{i=1}^{N} s_i = \\sum_{d=1}^{n} \\sum_{i \\in \\text{shard}_d} s_i .
+
+    Inside ``shard_map`` ``init`` is cast to a device-varying value
+    (``jax.lax.pcast(..., to="varying")``), because each device's running totals
+    differ.
+
+    Args:
+      totals: ``(init, replicated, batches) -> totals`` on one device.
+      mesh: the data mesh; ``None`` returns ``totals`` itself.
+
+    Returns:
+      A function to call inside ``jax.jit`` with ``replicated`` (parameters, say)
+      replicated on ``mesh`` and ``batch_size`` divisible by its device count
+      (:func:`round_up_batch_size`).
+
+    Raises:
+      ValueError: if ``mesh`` has no ``"data"`` axis.
+    """
+    if mesh is None:
+        return totals
+    num_data_shards(mesh)
+    columns = P(None, DATA_AXIS)  # (num_batches, batch_size, ...): split each batch
+
+    def local(init, replicated, batches):
+        init = jax.lax.pcast(init, DATA_AXIS, to="varying")
+        # sum_i s_i = sum_d (the sum over shard d)
+        return jax.lax.psum(totals(init, replicated, batches), DATA_AXIS)
+
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(), columns), out_specs=P()
+    )
+
+    def totals_data_parallel(init, replicated, batches):
+        sharding = NamedSharding(mesh, columns)
+        batches = jax.tree.map(lambda a: constrain(a, sharding), batches)
+        return sharded(init, replicated, batches)
+
+    return totals_data_parallel
 
 
 def initialize_distributed(

@@ -47,6 +47,7 @@ of the cost on a CPU, where drawing one normal per parameter per step otherwise 
 about as much as the step itself.
 """
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -291,11 +292,30 @@ def clip_factors(norms: Array, l2_norm_clip) -> Array:
     return jnp.where(norms > l2_norm_clip, l2_norm_clip / safe, 1).astype(norms.dtype)
 
 
-def _check_dp_args(l2_norm_clip, noise_multiplier) -> None:
-    """Raises ValueError on a non-positive clip or a negative noise multiplier."""
-    if isinstance(l2_norm_clip, int | float) and not l2_norm_clip > 0:
+def check_dp_args(l2_norm_clip, noise_multiplier) -> None:
+    """Checks DP-SGD's clip and noise where they enter: the public functions here
+    and :class:`jaxbp.DPConfig`.
+
+    A traced value (inside ``jit``) is not checked: its value is not known.
+
+    Args:
+      l2_norm_clip: the clipping norm ``C``; must be positive (``inf`` is).
+      noise_multiplier: ``sigma``; must be zero or more.
+
+    Raises:
+      ValueError: on a non-positive (or NaN) clip or a negative (or NaN) noise
+        multiplier, naming it and its value.
+
+    Examples:
+      >>> check_dp_args(1.0, 0.0)
+      >>> check_dp_args(1.0, -0.5)
+      Traceback (most recent call last):
+      ...
+      ValueError: noise_multiplier must be non-negative, got -0.5
+    """
+    if isinstance(l2_norm_clip, numbers.Real) and not l2_norm_clip > 0:
         raise ValueError(f"l2_norm_clip must be positive, got {l2_norm_clip}")
-    if isinstance(noise_multiplier, int | float) and not noise_multiplier >= 0:
+    if isinstance(noise_multiplier, numbers.Real) and not noise_multiplier >= 0:
         raise ValueError(
             f"noise_multiplier must be non-negative, got {noise_multiplier}"
         )
@@ -362,7 +382,7 @@ def clipped_grad(
         per-example gradients (:func:`check_per_example`) or Dropout without
         ``dropout_key``.
     """
-    _check_dp_args(l2_norm_clip, noise_multiplier)
+    check_dp_args(l2_norm_clip, noise_multiplier)
     if key is None and not _no_noise(noise_multiplier):
         raise ValueError("clipped_grad needs a key when noise_multiplier is not 0")
     _check_net(net, dropout_key)
@@ -503,7 +523,7 @@ def make_dp_value_and_grad(
       >>> grads[0]["w"].shape
       (3, 4)
     """
-    _check_dp_args(l2_norm_clip, noise_multiplier)
+    check_dp_args(l2_norm_clip, noise_multiplier)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_per_example(net)

@@ -9,8 +9,8 @@ or autodiff (``grad="autodiff"``, ``jax.value_and_grad(net.loss)``), and any opt
 (``grad="feedback-alignment"``, ``"direct-feedback-alignment"`` or
 ``"sign-symmetry"``) takes the gradient's place: its fixed feedback matrices are
 drawn from the seed by :func:`init_train_state`, live in ``TrainState.feedback`` and
-never change, and :func:`fit` measures the rule against ``jax.grad`` after every
-epoch (and every ``align_every`` steps inside the epoch when asked).
+never change, and :func:`train_epochs` measures the rule against ``jax.grad`` after
+every epoch (and every ``align_every`` steps inside the epoch when asked).
 
 The network is an :class:`~jaxbp.MLP` or a :class:`~jaxbp.Sequential`. A Sequential's
 BatchNorm running statistics are ``model_state``: each step trains on the batch's own
@@ -28,15 +28,25 @@ per step and no shuffled copy of the whole training set. The ``N % batch_size``
 examples left over by each epoch's permutation (a different few every epoch) are not
 trained on in that epoch; evaluation (:func:`make_evaluate`) covers every example.
 
-Every ``make_*`` function and :func:`fit` take an optional ``mesh``: with a
+:func:`train_epochs` is the loop over epochs: it compiles the epoch and the
+evaluation once, runs the epoch once per epoch, checks the losses, evaluates and
+reports each epoch (an :class:`EpochLog`). :func:`jaxbp.fit` runs it as a
+:class:`~jaxbp.TrainConfig` says.
+
+Every ``make_*`` function and :func:`train_epochs` take an optional ``mesh``: with a
 ``jax.sharding.Mesh`` from :func:`jaxbp.parallel.make_data_mesh` each batch is split
 over the devices of its ``"data"`` axis and the parameters and optimizer state are
-replicated (:func:`replicate_train_state`); the gradient is that of the whole batch, as
-on one device (see :mod:`jaxbp.parallel`). Without a mesh nothing changes.
+replicated (:func:`jaxbp.parallel.replicate`); the gradient is that of the whole
+batch, as on one device. What a mesh changes is written once, in
+:mod:`jaxbp.parallel`, whose functions are the identity without a mesh; without a mesh
+nothing changes.
 """
 
+import dataclasses
 import functools
+import numbers
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -61,22 +71,22 @@ GRAD_KINDS = ("manual", "autodiff")
 #: (:data:`GRAD_KINDS`) or a learning rule of :mod:`jaxbp.feedback` in its place.
 GRADS = (*GRAD_KINDS, *rules.RULES)
 
-#: How many training examples (the first ones) :func:`fit` measures a learning rule's
-#: alignment with the true gradient on after every epoch.
+#: How many training examples (the first ones) :func:`train_epochs` measures a
+#: learning rule's alignment with the true gradient on after every epoch.
 ALIGN_EXAMPLES = 1000
 
 #: How :func:`make_train_epoch` runs an epoch's steps (:func:`default_loop`).
 LOOPS = ("scan", "host")
 
 #: How often an epoch reports its progress by default (:func:`make_train_epoch`'s
-#: ``on_steps``), and how often :func:`fit`'s first epoch does. Each report is a host
-#: callback costing about 1 ms on a busy 2-core machine; five are under 1 % of the
-#: 784-100-10 MLP's 0.75 s MNIST epoch.
+#: ``on_steps``), and how often :func:`train_epochs`' first epoch does. Each report
+#: is a host callback costing about 1 ms on a busy 2-core machine; five are under
+#: 1 % of the 784-100-10 MLP's 0.75 s MNIST epoch.
 REPORTS_PER_EPOCH = 5
 
-#: Once an epoch's pace is known, :func:`fit` has the next report its progress about
-#: this often (seconds), or not at all if it was shorter: a report a second costs
-#: about 0.1 % of any epoch.
+#: Once an epoch's pace is known, :func:`train_epochs` has the next report its
+#: progress about this often (seconds), or not at all if it was shorter: a report a
+#: second costs about 0.1 % of any epoch.
 PROGRESS_INTERVAL_S = 1.0
 
 #: Folded into ``TrainState.key`` before the step to draw Dropout masks (see
@@ -280,12 +290,18 @@ def _rule_value_and_grad(net, feedback, rule, params, x, y):
 
 
 def replicate_train_state(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
-    """``state`` copied whole onto every device of ``mesh`` (every process must pass
-    the same state)."""
+    """Deprecated: :func:`jaxbp.parallel.replicate` (removed in the next release)."""
+    warnings.warn(
+        "jaxbp.train.replicate_train_state is deprecated and will be removed in the "
+        "next release; use jaxbp.parallel.replicate(state, mesh)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return parallel.replicate(state, mesh)
 
 
-class DPConfig(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
     """DP-SGD for a training step (Abadi et al. 2016).
 
     Each example's gradient is clipped to L2 norm ``l2_norm_clip`` (computed without
@@ -293,22 +309,39 @@ class DPConfig(NamedTuple):
     gradients are averaged, and Gaussian noise of std ``noise_multiplier *
     l2_norm_clip / B`` is added, with a key drawn per step by
     :func:`jaxbp.per_example.dp_noise_key`. No privacy accounting is done here.
+
+    A small immutable, hashable value: checked once, when it is made, and trusted by
+    the training step.
+
+    Attributes:
+      l2_norm_clip: the clipping norm ``C > 0`` (``inf``: no clipping).
+      noise_multiplier: ``sigma >= 0``, the noise's std relative to ``C``.
+
+    Raises:
+      ValueError: if either is not a number, the clip is not positive or the noise
+        multiplier is negative (:func:`jaxbp.per_example.check_dp_args`).
+
+    Examples:
+      >>> DPConfig(1.0, 1.1)
+      DPConfig(l2_norm_clip=1.0, noise_multiplier=1.1)
+      >>> DPConfig(0.0)
+      Traceback (most recent call last):
+      ...
+      ValueError: l2_norm_clip must be positive, got 0.0
     """
 
     l2_norm_clip: float
     noise_multiplier: float = 0.0
 
-
-def _check_dp(dp: DPConfig | None) -> None:
-    """Raises ValueError unless the clip is positive and the noise non-negative."""
-    if dp is None:
-        return
-    if not dp.l2_norm_clip > 0:
-        raise ValueError(f"l2_norm_clip must be positive, got {dp.l2_norm_clip}")
-    if not dp.noise_multiplier >= 0:
-        raise ValueError(
-            f"noise_multiplier must be non-negative, got {dp.noise_multiplier}"
-        )
+    def __post_init__(self):
+        for name in ("l2_norm_clip", "noise_multiplier"):
+            value = getattr(self, name)
+            number = isinstance(value, numbers.Real | np.ndarray | jax.Array)
+            if isinstance(value, bool) or not number or np.ndim(value) != 0:
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            # A Python float: hashable, so the config can be a static argument.
+            object.__setattr__(self, name, float(value))
+        per_example.check_dp_args(self.l2_norm_clip, self.noise_multiplier)
 
 
 def _sequential_value_and_grad(net: Sequential, grad: str, state: TrainState, x, y):
@@ -333,11 +366,9 @@ def _apply_step(net, optimizer, grad, state: TrainState, x, y, *, mesh=None, dp=
     """One optimisation step on a batch; returns the new state and the batch loss."""
     loss, grads, model_state = _step_grads(net, grad, state, x, y, mesh=mesh, dp=dp)
     if isinstance(optimizer, optax.GradientTransformationExtraArgs):
-        # The batch for optimizers that read it (K-FAC's factors); others ignore it.
-        if mesh is not None:
-            # The whole batch on every device (unused, and dropped, unless read).
-            whole = parallel.replicated(mesh)
-            x, y = parallel.constrain(x, whole), parallel.constrain(y, whole)
+        # The batch for optimizers that read it (K-FAC's factors), whole on every
+        # device; others ignore it.
+        x, y = parallel.whole_batch((x, y), mesh)
         updates, opt_state = optimizer.update(
             grads, state.opt_state, state.params, x=x, y=y
         )
@@ -386,10 +417,8 @@ def _step_grads(net, grad, state: TrainState, x, y, *, mesh=None, dp=None):
                 value_and_grad, dropout_key=dropout_key(state.key, state.step)
             )
 
-    if mesh is not None:
-        # x and y split over "data"; the mean of the per-device gradients.
-        value_and_grad = parallel.data_parallel(value_and_grad, mesh)
-    loss, grads = value_and_grad(state.params, x, y)
+    # On a mesh: x and y split over "data"; the mean of the per-device gradients.
+    loss, grads = parallel.data_parallel(value_and_grad, mesh)(state.params, x, y)
     if dp is not None and dp.noise_multiplier > 0:
         grads = per_example.add_dp_noise(
             grads,
@@ -418,7 +447,7 @@ def make_train_step(
         or a learning rule of :mod:`jaxbp.feedback` (with ``state.feedback`` from
         :func:`init_train_state`).
       mesh: split each batch over the ``"data"`` axis of this mesh; ``state`` must be
-        replicated on it (:func:`replicate_train_state`). The batch may be a global
+        replicated on it (:func:`jaxbp.parallel.replicate`). The batch may be a global
         array assembled from process-local rows (:func:`jaxbp.parallel.global_batch`)
         or anything else, which is split inside the step.
       dp: clip per-example gradients and add noise (:class:`DPConfig`); the noise
@@ -433,14 +462,12 @@ def make_train_step(
         step is traced); for what :func:`check_supported` refuses.
     """
     value_and_grad_fn(net, grad)  # validate `grad` eagerly
-    _check_dp(dp)
     check_supported(net, dp=dp, mesh=mesh, grad=grad)
 
     @jax.jit
     def train_step(state: TrainState, batch):
         x, y = batch
-        if mesh is not None:
-            parallel.check_batch_size(x.shape[0], mesh)
+        parallel.check_batch_size(x.shape[0], mesh)
         state, loss = _apply_step(net, optimizer, grad, state, x, y, mesh=mesh, dp=dp)
         return state, {"loss": loss}
 
@@ -472,7 +499,8 @@ def make_train_epoch(
     call each from a Python loop instead (see :func:`default_loop`: XLA:CPU runs
     ``jax.grad``'s convolution backward several times slower inside a compiled
     loop). The result is the same program step by step; it has ``lower(...)`` and
-    ``compile()`` like a jitted function, so :func:`fit` treats both alike.
+    ``compile()`` like a jitted function, so :func:`train_epochs` treats both
+    alike.
 
     Args:
       net: the network spec.
@@ -480,9 +508,9 @@ def make_train_epoch(
       batch_size: examples per step.
       grad: ``"manual"``, ``"autodiff"`` or a learning rule (:data:`GRADS`).
       mesh: split each batch over the ``"data"`` axis of this mesh. ``state``, ``x``
-        and ``y`` must be replicated on it (:func:`replicate_train_state`,
-        :func:`jaxbp.parallel.replicate`); each device gathers its own rows of every
-        batch from its copy of the training set.
+        and ``y`` must be replicated on it (:func:`jaxbp.parallel.replicate`); each
+        device gathers its own rows of every batch from its copy of the training
+        set.
       dp: DP-SGD clipping and noise for every step (:class:`DPConfig`).
       on_steps: called on the host as ``on_steps(done, num_batches)`` while the
         epoch runs, after every ``report_every`` steps (through
@@ -510,8 +538,36 @@ def make_train_epoch(
         device count, or exceeds ``N`` (at call time); for what
         :func:`check_supported` refuses.
     """
+    _check_epoch_args(
+        net,
+        grad,
+        batch_size=batch_size,
+        mesh=mesh,
+        dp=dp,
+        report_every=report_every,
+        loop=loop,
+        align_every=align_every,
+    )
+    batches = functools.partial(_epoch_batches, batch_size=batch_size)
+    step = functools.partial(_batch_step, net, optimizer, grad, mesh=mesh, dp=dp)
+
+    def default_every(num_batches: int) -> int:
+        return report_every or -(-num_batches // REPORTS_PER_EPOCH)
+
+    if loop == "host":
+        batches = jax.jit(batches, static_argnums=1)
+        return _HostLoopEpoch(batches, jax.jit(step), on_steps, default_every)
+    measure = None
+    if align_every is not None:
+        measure = functools.partial(_measure_alignment, net, grad, align_every, mesh)
+    return _scan_epoch(batches, step, measure, on_steps, default_every)
+
+
+def _check_epoch_args(
+    net, grad, *, batch_size, mesh, dp, report_every, loop, align_every
+) -> None:
+    """Raises ValueError for what :func:`make_train_epoch` refuses, at once."""
     value_and_grad_fn(net, grad)
-    _check_dp(dp)
     check_supported(net, dp=dp, mesh=mesh, grad=grad)
     if align_every is not None:
         if grad not in rules.RULES:
@@ -525,8 +581,7 @@ def make_train_epoch(
             raise ValueError('align_every needs loop="scan"')
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if mesh is not None:
-        parallel.check_batch_size(batch_size, mesh)
+    parallel.check_batch_size(batch_size, mesh)
     if report_every is not None and report_every <= 0:
         raise ValueError(f"report_every must be positive, got {report_every}")
     if loop not in LOOPS:
@@ -534,44 +589,46 @@ def make_train_epoch(
     if loop == "host" and mesh is not None:
         raise ValueError('loop="host" runs on one device; use loop="scan" with a mesh')
 
-    def batches(state: TrainState, n: int):
-        """This epoch's batches of example indices and the next state's key."""
-        num_batches = n // batch_size
-        if num_batches == 0:
-            raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
-        key, next_key = jax.random.split(state.key)
-        order = _shuffled_indices(key, n)[: num_batches * batch_size]
-        return order.reshape(num_batches, batch_size), next_key
 
-    def batch(state: TrainState, x: Array, y: Array, idx: Array):
-        """The examples ``idx`` of ``(x, y)``, pixels as floats."""
-        if mesh is None:
-            return _as_float(x[idx], state.params), y[idx]
-        xb, yb = parallel.take_rows((x, y), idx, mesh)
-        return _as_float(xb, state.params), yb
+def _epoch_batches(state: TrainState, n: int, *, batch_size: int):
+    """This epoch's batches of example indices ``(n // batch_size, batch_size)``
+    and the next state's key."""
+    num_batches = n // batch_size
+    if num_batches == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
+    key, next_key = jax.random.split(state.key)
+    order = _shuffled_indices(key, n)[: num_batches * batch_size]
+    return order.reshape(num_batches, batch_size), next_key
 
-    def step(state: TrainState, x: Array, y: Array, idx: Array):
-        """One step on the examples ``idx`` of ``(x, y)``."""
-        xb, yb = batch(state, x, y, idx)
-        return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp)
 
-    def measure(state: TrainState, x: Array, y: Array, idx: Array) -> dict:
-        """The rule's alignment on this step's batch, or ``nan`` between
-        measurements (only the measured branch runs)."""
-        xb, yb = batch(state, x, y, idx)
-        shape = jax.eval_shape(lambda: align_metrics(net, grad, state, xb, yb))
-        return jax.lax.cond(
-            state.step % align_every == 0,
-            lambda: align_metrics(net, grad, state, xb, yb),
-            lambda: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shape),
-        )
+def _take_batch(state: TrainState, x: Array, y: Array, idx: Array, mesh):
+    """The examples ``idx`` of ``(x, y)``, pixels as floats (on a mesh, each device
+    gathers its own rows)."""
+    xb, yb = parallel.take_rows((x, y), idx, mesh)
+    return _as_float(xb, state.params), yb
 
-    def default_every(num_batches: int) -> int:
-        return report_every or -(-num_batches // REPORTS_PER_EPOCH)
 
-    if loop == "host":
-        batches = jax.jit(batches, static_argnums=1)
-        return _HostLoopEpoch(batches, jax.jit(step), on_steps, default_every)
+def _batch_step(net, optimizer, grad, state: TrainState, x, y, idx, *, mesh, dp):
+    """One step on the examples ``idx`` of ``(x, y)``: ``(state, loss)``."""
+    xb, yb = _take_batch(state, x, y, idx, mesh)
+    return _apply_step(net, optimizer, grad, state, xb, yb, mesh=mesh, dp=dp)
+
+
+def _measure_alignment(net, grad, every, mesh, state: TrainState, x, y, idx) -> dict:
+    """The rule's alignment on this step's batch, or ``nan`` between measurements
+    (only the measured branch runs)."""
+    xb, yb = _take_batch(state, x, y, idx, mesh)
+    shape = jax.eval_shape(lambda: align_metrics(net, grad, state, xb, yb))
+    return jax.lax.cond(
+        state.step % every == 0,
+        lambda: align_metrics(net, grad, state, xb, yb),
+        lambda: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shape),
+    )
+
+
+def _scan_epoch(batches, step, measure, on_steps, default_every) -> Callable:
+    """:func:`make_train_epoch`'s epoch with ``loop="scan"``: one ``jax.jit``
+    program, a ``lax.scan`` of ``step`` over the epoch's batches."""
 
     @jax.jit
     def train_epoch(state: TrainState, x: Array, y: Array, every=None):
@@ -583,7 +640,7 @@ def make_train_epoch(
 
         def body(state, idx):
             out = {}
-            if align_every is not None:
+            if measure is not None:
                 out = {"step": state.step, "alignment": measure(state, x, y, idx)}
             state, out["loss"] = step(state, x, y, idx)
             if on_steps is not None:
@@ -635,7 +692,7 @@ def align_metrics(net: Net, grad: str, state: TrainState, x: Array, y: Array) ->
 
 
 def default_loop(net: Net, grad: str, mesh: jax.sharding.Mesh | None = None) -> str:
-    """How :func:`fit` runs an epoch's steps: ``"scan"``, or ``"host"`` for
+    """How :func:`train_epochs` runs an epoch's steps: ``"scan"``, or ``"host"`` for
     ``jax.grad`` of a network with a Conv2D on a CPU without a mesh.
 
     XLA:CPU lowers the weight gradient of ``jax.grad``'s convolution to a fast
@@ -708,9 +765,9 @@ def make_evaluate(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if mesh is not None:
-        num_shards = parallel.num_data_shards(mesh)
-        batch_size = -(-batch_size // num_shards) * num_shards
+    batch_size = parallel.round_up_batch_size(batch_size, mesh)
+    # On a mesh each device takes its columns of every batch; one psum at the end.
+    totals = parallel.data_parallel_sum(functools.partial(_eval_totals, net), mesh)
 
     @jax.jit
     def evaluate(params: Params, x: Array, y: Array, model_state=None):
@@ -721,54 +778,39 @@ def make_evaluate(
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         y = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1))
 
-        def sums(params, model_state, xs, ys, ms, *, local=False):
-            def body(totals, batch):
-                xb, yb, mb = batch
-                xb, targets = net.check_batch(params, _as_float(xb, params), yb)
-                # One forward pass for loss and accuracy.
-                if isinstance(net, Sequential):
-                    out = net.forward(params, xb, state=model_state)
-                else:
-                    out = net.forward(params, xb)
-                per_example = net.loss_fn.per_example(out, targets)
-                labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
-                correct = jnp.argmax(out, axis=-1) == labels
-                loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
-                correct_sum = jnp.sum(jnp.where(mb, correct, False), dtype=jnp.int32)
-                return (totals[0] + loss_sum, totals[1] + correct_sum), None
-
-            zero = jnp.zeros((), _params_dtype(params))
-            init = (zero, jnp.zeros((), jnp.int32))
-            if local:  # inside shard_map: each device's running totals differ
-                init = jax.lax.pcast(init, parallel.DATA_AXIS, to="varying")
-            return jax.lax.scan(body, init, (xs, ys, ms))[0]
-
         def split(a):
             return a.reshape((num_batches, batch_size) + a.shape[1:])
 
+        zero = jnp.zeros((), _params_dtype(params))
+        init = (zero, jnp.zeros((), jnp.int32))
         batches = (split(x), split(y), split(mask))
-        if mesh is None:
-            loss_sum, correct = sums(params, model_state, *batches)
-        else:
-            # Each device takes its columns of every batch; sum the devices' totals.
-            spec = jax.sharding.PartitionSpec(None, parallel.DATA_AXIS)
-            sharding = jax.sharding.NamedSharding(mesh, spec)
-            batches = tuple(parallel.constrain(a, sharding) for a in batches)
-            loss_sum, correct = jax.shard_map(
-                lambda *args: jax.lax.psum(sums(*args, local=True), parallel.DATA_AXIS),
-                mesh=mesh,
-                in_specs=(
-                    jax.sharding.PartitionSpec(),
-                    jax.sharding.PartitionSpec(),
-                    spec,
-                    spec,
-                    spec,
-                ),
-                out_specs=jax.sharding.PartitionSpec(),
-            )(params, model_state, *batches)
+        loss_sum, correct = totals(init, (params, model_state), batches)
         return {"loss": loss_sum / n, "accuracy": correct / n, "correct": correct}
 
     return evaluate
+
+
+def _eval_totals(net: Net, init, replicated, batches):
+    """``(loss sum, correct count)`` over a stack of padded batches, from ``init``;
+    the padding (``mask`` false) counts for nothing."""
+    params, model_state = replicated
+
+    def body(totals, batch):
+        xb, yb, mb = batch
+        xb, targets = net.check_batch(params, _as_float(xb, params), yb)
+        # One forward pass for loss and accuracy.
+        if isinstance(net, Sequential):
+            out = net.forward(params, xb, state=model_state)
+        else:
+            out = net.forward(params, xb)
+        per_example = net.loss_fn.per_example(out, targets)
+        labels = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
+        correct = jnp.argmax(out, axis=-1) == labels
+        loss_sum = jnp.sum(jnp.where(mb, per_example, 0))
+        correct_sum = jnp.sum(jnp.where(mb, correct, False), dtype=jnp.int32)
+        return (totals[0] + loss_sum, totals[1] + correct_sum), None
+
+    return jax.lax.scan(body, init, batches)[0]
 
 
 def check_finite(losses, first_step: int) -> None:
@@ -789,7 +831,7 @@ def check_finite(losses, first_step: int) -> None:
 
 
 class EpochLog(NamedTuple):
-    """What one epoch of :func:`fit` measured.
+    """What one epoch of :func:`train_epochs` (and :func:`jaxbp.fit`) measured.
 
     Attributes:
       epoch: 1-based epoch number.
@@ -837,7 +879,8 @@ def _step_alignments(metrics: dict) -> list[dict] | None:
 
 
 class EpochProgress(NamedTuple):
-    """Where an epoch of :func:`fit` stands while it runs.
+    """Where an epoch of :func:`train_epochs` (and :func:`jaxbp.fit`) stands while
+    it runs.
 
     Attributes:
       epoch: 1-based epoch number.
@@ -854,7 +897,7 @@ class EpochProgress(NamedTuple):
     elapsed_s: float
 
 
-def fit(
+def train_epochs(
     net: Net,
     optimizer: optax.GradientTransformation,
     state: TrainState,
@@ -875,9 +918,10 @@ def fit(
 ) -> tuple[TrainState, list[EpochLog], dict]:
     """Trains for ``epochs - start_epoch`` epochs, evaluating after each.
 
-    Compiles the epoch once ahead of time (its compile time is reported on its own),
-    runs it once per epoch, checks on the host after every epoch that no step's loss
-    was NaN or infinite, and evaluates on ``test_data``.
+    The loop over epochs under :func:`jaxbp.fit`, for any network, optimizer and
+    data. Compiles the epoch once ahead of time (its compile time is reported on its
+    own), runs it once per epoch, checks on the host after every epoch that no
+    step's loss was NaN or infinite, and evaluates on ``test_data``.
 
     Args:
       net: the network spec.
@@ -893,8 +937,9 @@ def fit(
       on_epoch: called with ``(state, log)`` after each epoch (to print, to save a
         checkpoint).
       mesh: train data-parallel over the ``"data"`` axis of this mesh: ``state`` and
-        both datasets are first replicated on it, each batch is split over its
-        devices (``batch_size`` must be divisible by their number).
+        both datasets are first replicated on it (:func:`jaxbp.parallel.replicate`),
+        each batch is split over its devices (``batch_size`` must be divisible by
+        their number).
       dp: train with DP-SGD's per-example clipping and noise (:class:`DPConfig`).
       on_progress: called with an :class:`EpochProgress` as each epoch starts,
         while it runs (from inside the compiled epoch, :func:`make_train_epoch`'s
@@ -917,17 +962,11 @@ def fit(
     Raises:
       DivergenceError: naming the first step whose loss was not finite.
     """
-    x, y = (jnp.asarray(a) for a in train_data)
-    if mesh is not None:
-        state = replicate_train_state(state, mesh)
-        x, y = parallel.replicate((x, y), mesh)
-    epoch_start = [0, 0.0]  # the running epoch and its start time, for on_steps
-
-    def on_steps(done: int, steps: int) -> None:
-        epoch, t0 = epoch_start
-        elapsed = time.perf_counter() - t0
-        on_progress(EpochProgress(epoch, epochs, done, steps, elapsed))
-
+    # On a mesh: the state and both datasets whole on every device.
+    state, (x, y), test_data = parallel.replicate(
+        (state, _as_arrays(train_data), _as_arrays(test_data)), mesh
+    )
+    progress = _Progress(on_progress, epochs)
     train_epoch = make_train_epoch(
         net,
         optimizer,
@@ -935,79 +974,146 @@ def fit(
         grad=grad,
         mesh=mesh,
         dp=dp,
-        on_steps=None if on_progress is None else on_steps,
+        on_steps=progress.on_steps,
         loop=default_loop(net, grad, mesh) if loop is None else loop,
         align_every=align_every,
     )
     steps_per_epoch = x.shape[0] // batch_size
-    # Steps between progress reports (the epoch's fourth argument): a fifth of the
-    # first epoch, then as the pace of the epoch before says.
-    report_every = ()
-    if on_progress is not None:
-        first = -(-steps_per_epoch // REPORTS_PER_EPOCH)
-        report_every = (jnp.asarray(first, jnp.int32),)
+    progress.pace(steps_per_epoch)
     t0 = time.perf_counter()
-    compiled = train_epoch.lower(state, x, y, *report_every).compile()
-    timing = {"compile_s": time.perf_counter() - t0, "eval_compile_s": 0.0}
-    evaluate = None
-    if test_data is not None:
-        xt, yt = (jnp.asarray(a) for a in test_data)
-        if mesh is not None:
-            xt, yt = parallel.replicate((xt, yt), mesh)
-        t0 = time.perf_counter()
-        evaluate = make_evaluate(net, batch_size=eval_batch_size, mesh=mesh)
-        evaluate = evaluate.lower(state.params, xt, yt, state.model_state).compile()
-        timing["eval_compile_s"] = time.perf_counter() - t0
-    align = None
-    if grad in rules.RULES:
-        # A fixed batch, so that the epochs' measurements are comparable.
-        xa, ya = x[:ALIGN_EXAMPLES], y[:ALIGN_EXAMPLES]
-
-        @jax.jit
-        def align(state):
-            return align_metrics(net, grad, state, _as_float(xa, state.params), ya)
-
-    trained_per_epoch = steps_per_epoch * batch_size
+    compiled = train_epoch.lower(state, x, y, *progress.every).compile()
+    timing = {"compile_s": time.perf_counter() - t0}
+    evaluate, timing["eval_compile_s"] = _compile_evaluation(
+        net, state, test_data, batch_size=eval_batch_size, mesh=mesh
+    )
+    align = _make_align(net, grad, x, y)
     logs = []
     for epoch in range(start_epoch + 1, epochs + 1):
-        first_step = int(state.step) + 1
-        if on_progress is not None:
-            on_progress(EpochProgress(epoch, epochs, 0, steps_per_epoch, 0.0))
-        t0 = time.perf_counter()
-        epoch_start[:] = [epoch, t0]
-        state, metrics = compiled(state, x, y, *report_every)
-        losses = np.asarray(metrics["loss"])  # waits for the epoch to finish
-        elapsed = time.perf_counter() - t0
-        if on_progress is not None:
-            on_progress(
-                EpochProgress(epoch, epochs, steps_per_epoch, steps_per_epoch, elapsed)
-            )
-            # About one report a PROGRESS_INTERVAL_S at this epoch's pace; none
-            # (more steps than the epoch has) if it was shorter.
-            paced = round(steps_per_epoch * PROGRESS_INTERVAL_S / elapsed)
-            paced = min(max(paced, 1), steps_per_epoch + 1)
-            report_every = (jnp.asarray(paced, jnp.int32),)
-        check_finite(losses, first_step)
-        test_loss = test_acc = float("nan")
-        if evaluate is not None:
-            result = evaluate(state.params, xt, yt, state.model_state)
-            test_loss = float(result["loss"])
-            test_acc = int(result["correct"]) / xt.shape[0]
-        log = EpochLog(
-            epoch=epoch,
-            step=int(state.step),
-            train_loss=float(losses.mean()),
-            test_loss=test_loss,
-            test_accuracy=test_acc,
-            epoch_time_s=elapsed,
-            samples_per_s=trained_per_epoch / elapsed,
+        state, log = _run_epoch(
+            compiled,
+            state,
+            (x, y),
+            epoch,
+            progress=progress,
+            evaluate=evaluate,
+            align=align,
+            trained=steps_per_epoch * batch_size,
         )
-        if align is not None:
-            log = log._replace(
-                alignment={k: _per_layer(v) for k, v in align(state).items()},
-                alignment_steps=_step_alignments(metrics),
-            )
         logs.append(log)
         if on_epoch is not None:
             on_epoch(state, log)
     return state, logs, timing
+
+
+def _as_arrays(data):
+    """``(x, y)`` as device arrays; ``None`` stays ``None``."""
+    return None if data is None else tuple(jnp.asarray(a) for a in data)
+
+
+class _Progress:
+    """:func:`train_epochs`' reports to ``on_progress`` (none without it): where the
+    running epoch stands, and the steps between reports from inside the compiled
+    epoch (its fourth argument, :attr:`every`; see :meth:`pace`)."""
+
+    def __init__(self, on_progress, epochs: int):
+        self.on_progress, self.epochs = on_progress, epochs
+        self.epoch, self.steps, self.t0 = 0, 0, 0.0
+        self.every = ()  # no fourth argument without progress reports
+        self.on_steps = None if on_progress is None else self._on_steps
+
+    def pace(self, steps: int, elapsed: float | None = None) -> None:
+        """Sets :attr:`every` for epochs of ``steps`` steps: a fifth of the first
+        epoch; after an epoch of ``elapsed`` seconds, about one report a
+        :data:`PROGRESS_INTERVAL_S` at its pace, or none (more steps than the epoch
+        has) if it was shorter."""
+        self.steps = steps
+        if self.on_progress is None:
+            return
+        if elapsed is None:
+            every = -(-steps // REPORTS_PER_EPOCH)
+        else:
+            every = min(max(round(steps * PROGRESS_INTERVAL_S / elapsed), 1), steps + 1)
+        self.every = (jnp.asarray(every, jnp.int32),)
+
+    def _on_steps(self, done: int, steps: int) -> None:
+        """From inside the compiled epoch: ``done`` of its ``steps`` taken."""
+        elapsed = time.perf_counter() - self.t0
+        self.on_progress(EpochProgress(self.epoch, self.epochs, done, steps, elapsed))
+
+    def start(self, epoch: int) -> float:
+        """Reports that ``epoch`` starts; returns its start time."""
+        if self.on_progress is not None:
+            self.on_progress(EpochProgress(epoch, self.epochs, 0, self.steps, 0.0))
+        self.epoch, self.t0 = epoch, time.perf_counter()
+        return self.t0
+
+    def end(self, elapsed: float) -> None:
+        """Reports that the epoch ended, and paces the next one's reports."""
+        if self.on_progress is not None:
+            steps = self.steps
+            done = EpochProgress(self.epoch, self.epochs, steps, steps, elapsed)
+            self.on_progress(done)
+            self.pace(steps, elapsed)
+
+
+def _compile_evaluation(net, state: TrainState, test_data, *, batch_size, mesh):
+    """``(evaluate, compile_s)``: ``evaluate(state) -> (test_loss, test_accuracy)``,
+    compiled ahead of time; ``nan`` for both without test data."""
+    if test_data is None:
+        return (lambda state: (float("nan"), float("nan"))), 0.0
+    xt, yt = test_data
+    t0 = time.perf_counter()
+    compiled = make_evaluate(net, batch_size=batch_size, mesh=mesh)
+    compiled = compiled.lower(state.params, xt, yt, state.model_state).compile()
+    compile_s = time.perf_counter() - t0
+
+    def evaluate(state: TrainState) -> tuple[float, float]:
+        result = compiled(state.params, xt, yt, state.model_state)
+        return float(result["loss"]), int(result["correct"]) / xt.shape[0]
+
+    return evaluate, compile_s
+
+
+def _make_align(net, grad: str, x: Array, y: Array):
+    """A learning rule's jitted ``state -> alignment`` on the first
+    :data:`ALIGN_EXAMPLES` training examples; ``None`` for backprop."""
+    if grad not in rules.RULES:
+        return None
+    # A fixed batch, so that the epochs' measurements are comparable.
+    xa, ya = x[:ALIGN_EXAMPLES], y[:ALIGN_EXAMPLES]
+
+    @jax.jit
+    def align(state):
+        return align_metrics(net, grad, state, _as_float(xa, state.params), ya)
+
+    return align
+
+
+def _run_epoch(
+    compiled, state: TrainState, data, epoch: int, *, progress, evaluate, align, trained
+) -> tuple[TrainState, EpochLog]:
+    """One epoch of :func:`train_epochs`: train, check the losses, evaluate, log."""
+    x, y = data
+    first_step = int(state.step) + 1
+    t0 = progress.start(epoch)
+    state, metrics = compiled(state, x, y, *progress.every)
+    losses = np.asarray(metrics["loss"])  # waits for the epoch to finish
+    elapsed = time.perf_counter() - t0
+    progress.end(elapsed)
+    check_finite(losses, first_step)
+    test_loss, test_accuracy = evaluate(state)
+    log = EpochLog(
+        epoch=epoch,
+        step=int(state.step),
+        train_loss=float(losses.mean()),
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        epoch_time_s=elapsed,
+        samples_per_s=trained / elapsed,
+    )
+    if align is not None:
+        log = log._replace(
+            alignment={k: _per_layer(v) for k, v in align(state).items()},
+            alignment_steps=_step_alignments(metrics),
+        )
+    return state, log

@@ -154,7 +154,7 @@ def check_batch(
     Integer labels are range-checked whenever their values are concrete (outside
     ``jit``). Inside ``jit`` only shapes and dtypes can be checked, and a label out of
     range becomes a target row of NaN, so the loss and its gradients are NaN (and
-    :func:`jaxbp.train.fit` stops naming the step) instead of silently wrong.
+    :func:`jaxbp.fit` stops naming the step) instead of silently wrong.
 
     Args:
       net: the network spec.

@@ -11,8 +11,8 @@ the job through ``jax.distributed.initialize``, builds a mesh over all global de
 and feeds only its own rows of each global batch
 (``jax.make_array_from_process_local_data``). For each gradient (manual, autodiff) it
 takes ``STEPS`` Adam steps on the same deterministic synthetic batches, then trains
-two epochs with :func:`jaxbp.train.fit` on a small dataset every process holds whole,
-and saves the losses and final parameters to ``OUT``.
+two epochs with :func:`jaxbp.train.train_epochs` on a small dataset every process
+holds whole, and saves the losses and final parameters to ``OUT``.
 """
 
 import argparse
@@ -64,7 +64,7 @@ def main():
         optimizer = optim.make_optimizer("adam", 0.01)
         state = train.init_train_state(net, optimizer, jax.random.key(0))
         if multi:
-            state = train.replicate_train_state(state, mesh)
+            state = parallel.replicate(state, mesh)
         step = train.make_train_step(net, optimizer, grad=grad, mesh=mesh)
         losses = []
         for i in range(STEPS):
@@ -84,12 +84,13 @@ def main():
                     leaf.addressable_data(0)
                 )
 
-    # Whole epochs with fit: every process holds the whole (small) dataset, which
-    # fit replicates; each device gathers its rows of every batch.
+    # Whole epochs with train_epochs: every process holds the whole (small)
+    # dataset, which train_epochs replicates; each device gathers its rows of every
+    # batch.
     x = rng.integers(0, 256, size=(72, net.sizes[0]), dtype=np.uint8)
     y = rng.integers(0, net.sizes[-1], size=(72,), dtype=np.int32)
     optimizer = optim.make_optimizer("adam", 0.01)
-    state, logs, _ = train.fit(
+    state, logs, _ = train.train_epochs(
         net,
         optimizer,
         train.init_train_state(net, optimizer, jax.random.key(1)),

@@ -3,8 +3,8 @@
 Usage: ``python tests/_parallel_worker.py OUT.npz``. JAX must start with four CPU
 devices, so this runs in its own process. For each gradient (manual, autodiff) it
 computes one batch gradient, trains by single steps (:func:`make_train_step`) with SGD,
-DP-SGD and Adam, and by whole epochs (:func:`fit`, which also evaluates) with Adam,
-each from the same start without a mesh (one device) and on meshes of 2 and 4
+DP-SGD and Adam, and by whole epochs (:func:`train_epochs`, which also evaluates)
+with Adam, each from the same start without a mesh (one device) and on meshes of 2 and 4
 devices, and saves every result to ``OUT`` under
 ``"<case>/<grad>/<optimizer>/<devices>/<name>"`` (``devices`` 0 for no mesh). A mesh
 of one device is tested in the pytest process.
@@ -74,7 +74,7 @@ def main(out):
                 # Single steps; with a mesh the batches arrive split over devices.
                 state = start
                 if mesh is not None:
-                    state = train.replicate_train_state(state, mesh)
+                    state = parallel.replicate(state, mesh)
                 step = train.make_train_step(NET, optimizer, grad=grad, mesh=mesh)
                 losses = []
                 for i in range(STEPS):
@@ -97,7 +97,7 @@ def main(out):
                     )
                     state = start
                     if mesh is not None:
-                        state = train.replicate_train_state(state, mesh)
+                        state = parallel.replicate(state, mesh)
                     for i in range(STEPS):
                         state, _ = dp_step(state, (xs[i], ys[i]))
                     _save(results, f"dp/{tag}/params", state.params)
@@ -105,7 +105,7 @@ def main(out):
                 if opt_name != "adam":
                     continue
                 # Whole epochs (a scan that gathers each batch) with evaluation.
-                state, logs, _ = train.fit(
+                state, logs, _ = train.train_epochs(
                     NET,
                     optimizer,
                     start,

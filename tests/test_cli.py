@@ -445,7 +445,10 @@ def test_resume_of_an_unreadable_config_says_to_start_over(
         ({"dtype": "float16"}, "--dtype"),
         ({"no_such_flag": "1"}, "unrecognized arguments"),
         ({"dp_noise": "1"}, "--dp-noise: dp_noise 1 needs dp_clip"),
-        ({"dp_noise": "-1"}, "--dp-noise: must be a non-negative number"),
+        ({"dp_noise": "-1"}, "--dp-noise: dp_noise must be a non-negative number"),
+        ({"dp_clip": "0"}, "--dp-clip: dp_clip must be a positive number"),
+        ({"dp_clip": "nan"}, "--dp-clip: dp_clip must be a positive number"),
+        ({"dp_clip": "one"}, "--dp-clip: invalid float value: 'one'"),
         ({"output_activation": "sigmoid"}, "--output-activation: objective"),
         ({"devices": "64"}, "--devices 64, but only"),
     ],
@@ -803,6 +806,14 @@ def test_bad_models_fail_with_one_line(tiny_data, tmp_path, flags, message):
             "--grad",
         ),
         (["--dp-noise", "1"], {"dp_noise": 1.0}, "--dp-noise"),
+        # The DP flags are checked once, by TrainConfig, and named by the CLI.
+        (["--dp-clip", "-1"], {"dp_clip": -1.0}, "--dp-clip"),
+        (["--dp-clip", "inf"], {"dp_clip": float("inf")}, "--dp-clip"),
+        (
+            ["--dp-clip", "1", "--dp-noise", "-0.5"],
+            {"dp_clip": 1.0, "dp_noise": -0.5},
+            "--dp-noise",
+        ),
         (
             ["--grad", "manual", "--align-every", "3"],
             {"grad": "manual", "align_every": 3},

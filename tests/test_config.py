@@ -305,11 +305,12 @@ def test_setup_float64_needs_x64():
 
 
 # --- fit
-def test_fit_is_train_fit_with_the_configs_settings():
-    # Bitwise equal to train.fit with a cosine schedule over 2 * (300 // 50) steps.
+def test_fit_is_train_epochs_with_the_configs_settings():
+    # Bitwise equal to train.train_epochs with a cosine schedule over 2 * (300 // 50)
+    # steps.
     run = setup(SMALL, train_data=TRAIN, test_data=TEST)
     state, logs, _ = fit(run)
-    expected, expected_logs, _ = train.fit(
+    expected, expected_logs, _ = train.train_epochs(
         run.net,
         optim.make_optimizer(
             "adam", 2e-3, schedule="cosine", total_steps=2 * (NUM_TRAIN // 50)

@@ -116,7 +116,7 @@ start = train.init_train_state(net, opt, jax.random.key(0))
 mesh = parallel.make_data_mesh(2)
 runs = []
 for m in (None, mesh):
-    state = start if m is None else train.replicate_train_state(start, m)
+    state = start if m is None else parallel.replicate(start, m)
     step = train.make_train_step(net, opt, mesh=m)
     for i in range(3):
         batch = (jax.random.normal(jax.random.key(i), (8, 6)), jnp.arange(8) % 3)

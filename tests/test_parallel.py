@@ -89,7 +89,7 @@ def test_one_device_mesh_matches_no_mesh(grad):
     xt, yt = _toy(13, seed=1)
     runs = {}
     for m in (None, mesh):
-        state, logs, _ = train.fit(
+        state, logs, _ = train.train_epochs(
             NET,
             optimizer,
             start,
@@ -112,17 +112,53 @@ def test_one_device_mesh_matches_no_mesh(grad):
         )
 
 
-def test_replicate_train_state_places_every_leaf_on_the_mesh():
+def test_replicate_places_every_leaf_of_a_train_state_on_the_mesh():
     mesh = parallel.make_data_mesh(1)
     optimizer = optim.make_optimizer("adam", 0.01)
     state = train.init_train_state(NET, optimizer, jax.random.key(0))
-    placed = train.replicate_train_state(state, mesh)
+    placed = parallel.replicate(state, mesh)
     for leaf in jax.tree.leaves(placed):
         assert leaf.sharding.is_equivalent_to(parallel.replicated(mesh), leaf.ndim)
     assert jnp.array_equal(
         jax.random.key_data(placed.key), jax.random.key_data(state.key)
     )
     chex.assert_trees_all_equal(placed.params, state.params)
+
+
+def test_replicate_train_state_is_a_deprecated_alias():
+    mesh = parallel.make_data_mesh(1)
+    optimizer = optim.make_optimizer("sgd", 0.1)
+    state = train.init_train_state(NET, optimizer, jax.random.key(0))
+    with pytest.warns(DeprecationWarning, match="jaxbp.parallel.replicate"):
+        placed = train.replicate_train_state(state, mesh)
+    chex.assert_trees_all_equal(placed.params, state.params)
+
+
+def test_without_a_mesh_the_parallel_functions_change_nothing():
+    data = (jnp.arange(12.0).reshape(6, 2), jnp.arange(6))
+    idx = jnp.asarray([4, 0, 2])
+    assert parallel.replicate(data, None) is data
+    assert parallel.whole_batch(data, None) is data
+    chex.assert_trees_all_equal(
+        parallel.take_rows(data, idx, None), (data[0][idx], data[1][idx])
+    )
+    assert parallel.round_up_batch_size(1000, None) == 1000
+    parallel.check_batch_size(7, None)  # any size on one device
+
+    def value_and_grad(params, x, y):
+        return params, x
+
+    def totals(init, replicated, batches):
+        return init
+
+    assert parallel.data_parallel(value_and_grad, None) is value_and_grad
+    assert parallel.data_parallel_sum(totals, None) is totals
+
+
+def test_evaluation_batches_round_up_to_the_devices():
+    mesh = jax.sharding.AbstractMesh((3,), (parallel.DATA_AXIS,))
+    assert parallel.round_up_batch_size(1000, mesh) == 1002
+    assert parallel.round_up_batch_size(999, mesh) == 999
 
 
 def test_batch_size_must_divide_over_the_devices():
@@ -330,7 +366,7 @@ def test_dp_steps_give_the_single_device_params(worker_results, grad, num_device
 
 @pytest.mark.parametrize("grad", train.GRAD_KINDS)
 @pytest.mark.parametrize("num_devices", [2, 4])
-def test_fit_gives_the_single_device_run(worker_results, grad, num_devices):
+def test_train_epochs_gives_the_single_device_run(worker_results, grad, num_devices):
     one = f"fit/{grad}/adam/0"
     many = f"fit/{grad}/adam/{num_devices}"
     for part in ("params", "opt_state"):

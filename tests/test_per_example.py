@@ -483,10 +483,13 @@ def test_zero_noise_ignores_key():
     [
         ({"l2_norm_clip": 0.0}, "l2_norm_clip must be positive"),
         ({"l2_norm_clip": -1.0}, "l2_norm_clip must be positive"),
+        ({"l2_norm_clip": np.float32(0)}, "l2_norm_clip must be positive"),
         ({"l2_norm_clip": 1.0, "noise_multiplier": -0.1}, "must be non-negative"),
+        ({"l2_norm_clip": 1.0, "noise_multiplier": np.nan}, "must be non-negative"),
     ],
 )
 def test_dp_argument_errors(kwargs, match):
+    # per_example's public functions are an entry point of their own: they check.
     net, params, x, y = _setup("float32")
     with pytest.raises(ValueError, match=match):
         per_example.make_dp_value_and_grad(net, **kwargs)

@@ -1,5 +1,7 @@
-"""Training: steps, epochs, evaluation, divergence checks, optimizers and ``fit``."""
+"""Training: steps, epochs, evaluation, divergence checks, optimizers and the loop
+over epochs, ``train_epochs``."""
 
+import dataclasses
 import functools
 import math
 import time
@@ -278,17 +280,17 @@ def test_check_finite_passes_finite_losses():
     assert issubclass(DivergenceError, FloatingPointError)
 
 
-def test_fit_raises_naming_the_step_on_infinite_inputs():
+def test_train_epochs_raises_naming_the_step_on_infinite_inputs():
     optimizer = optim.make_optimizer("sgd", 0.1)
     state = train.init_train_state(NET, optimizer, jax.random.key(0))
     state = state._replace(step=jnp.asarray(5, jnp.int32))  # as if resumed
     x, y = _data()
     x[:] = np.inf
     with pytest.raises(DivergenceError, match=r"\bstep 6\b"):
-        train.fit(NET, optimizer, state, (x, y), epochs=1, batch_size=BATCH)
+        train.train_epochs(NET, optimizer, state, (x, y), epochs=1, batch_size=BATCH)
 
 
-def test_fit_raises_naming_the_step_for_a_huge_learning_rate():
+def test_train_epochs_raises_naming_the_step_for_a_huge_learning_rate():
     optimizer = optax.sgd(1e30)
     state = train.init_train_state(RELU_NET, optimizer, jax.random.key(0))
     x, y = _data(net=RELU_NET)
@@ -298,7 +300,9 @@ def test_fit_raises_naming_the_step_for_a_huge_learning_rate():
     bad = np.flatnonzero(~np.isfinite(losses))
     assert bad.size and bad[0] > 0  # diverges after a finite first step
     with pytest.raises(DivergenceError, match=rf"\bstep {bad[0] + 1}\b") as info:
-        train.fit(RELU_NET, optimizer, state, (x, y), epochs=1, batch_size=BATCH)
+        train.train_epochs(
+            RELU_NET, optimizer, state, (x, y), epochs=1, batch_size=BATCH
+        )
     assert "learning rate" in str(info.value)
 
 
@@ -314,12 +318,12 @@ def test_unknown_grad_kinds_are_rejected(grad):
         train.make_train_epoch(NET, optimizer, batch_size=8, grad=grad)
 
 
-# --- fit
-def _fit(net=NET, *, seed=0, grad="manual", epochs=2, **kwargs):
+# --- train_epochs
+def _train_epochs(net=NET, *, seed=0, grad="manual", epochs=2, **kwargs):
     optimizer = optim.make_optimizer("adam", 1e-2)
     state = train.init_train_state(net, optimizer, jax.random.key(seed))
     x, y = _data(net=net)
-    return train.fit(
+    return train.train_epochs(
         net,
         optimizer,
         state,
@@ -331,9 +335,9 @@ def _fit(net=NET, *, seed=0, grad="manual", epochs=2, **kwargs):
     )
 
 
-def test_fit_is_bitwise_deterministic():
-    state_a, logs_a, timing = _fit(seed=7)
-    state_b, logs_b, _ = _fit(seed=7)
+def test_train_epochs_is_bitwise_deterministic():
+    state_a, logs_a, timing = _train_epochs(seed=7)
+    state_b, logs_b, _ = _train_epochs(seed=7)
     assert _trees_equal(state_a.params, state_b.params)
     assert _trees_equal(state_a.opt_state, state_b.opt_state)
     assert np.array_equal(_key_data(state_a.key), _key_data(state_b.key))
@@ -359,9 +363,9 @@ class _Clock:
         return getattr(time, name)
 
 
-def test_fit_logs_epochs_and_separates_compile_time(monkeypatch):
-    # One ordered log of fit's clock readings and of every JAX compilation, to check
-    # that no compilation falls inside a timed epoch.
+def test_train_epochs_logs_epochs_and_separates_compile_time(monkeypatch):
+    # One ordered log of train_epochs' clock readings and of every JAX compilation,
+    # to check that no compilation falls inside a timed epoch.
     events = []
 
     def listener(event, duration, **kwargs):
@@ -372,7 +376,7 @@ def test_fit_logs_epochs_and_separates_compile_time(monkeypatch):
     ends = []  # number of events when each epoch ends
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        state, logs, timing = _fit(
+        state, logs, timing = _train_epochs(
             epochs=4,
             start_epoch=1,
             test_data=_data(50, seed=9),
@@ -426,7 +430,7 @@ def test_training_separates_gaussian_blobs_with_either_gradient():
     runs = {}
     for grad in train.GRAD_KINDS:
         state = train.init_train_state(net, optimizer, jax.random.key(0))
-        runs[grad] = train.fit(
+        runs[grad] = train.train_epochs(
             net, optimizer, state, train_data, epochs=5, batch_size=50, grad=grad
         )
     evaluate = train.make_evaluate(net, batch_size=500)
@@ -507,18 +511,42 @@ def test_dp_step_on_a_one_device_mesh_matches_no_mesh():
     mesh = parallel.make_data_mesh(1)
     plain = train.make_train_step(net, opt, dp=dp)(state, (x, y))[0]
     sharded = train.make_train_step(net, opt, dp=dp, mesh=mesh)(
-        train.replicate_train_state(state, mesh), (x, y)
+        parallel.replicate(state, mesh), (x, y)
     )[0]
     chex.assert_trees_all_close(sharded.params, plain.params, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
-    "dp", [train.DPConfig(0.0, 0.0), train.DPConfig(-1.0), train.DPConfig(1.0, -0.5)]
+    ("args", "match"),
+    [
+        ((0.0, 0.0), "l2_norm_clip must be positive, got 0.0"),
+        ((-1.0,), "l2_norm_clip must be positive, got -1.0"),
+        ((float("nan"),), "l2_norm_clip must be positive, got nan"),
+        ((1.0, -0.5), "noise_multiplier must be non-negative, got -0.5"),
+        ((1.0, float("nan")), "noise_multiplier must be non-negative"),
+        (("1.0",), "l2_norm_clip must be a number, got '1.0'"),
+        ((True,), "l2_norm_clip must be a number"),
+        ((1.0, None), "noise_multiplier must be a number, got None"),
+        ((np.ones(2),), "l2_norm_clip must be a number"),
+    ],
 )
-def test_dp_config_is_checked_at_once(dp):
-    net, opt, *_ = _dp_setup()
-    with pytest.raises(ValueError, match="l2_norm_clip|noise_multiplier"):
-        train.make_train_epoch(net, opt, batch_size=4, dp=dp)
+def test_dp_config_is_checked_when_made(args, match):
+    # The boundary is the value itself: the training step trusts a DPConfig.
+    with pytest.raises(ValueError, match=match):
+        train.DPConfig(*args)
+
+
+def test_dp_config_is_a_hashable_value_of_floats():
+    dp = train.DPConfig(np.float32(1), 1)
+    assert dp == train.DPConfig(1.0, 1.0)
+    assert type(dp.l2_norm_clip) is float and type(dp.noise_multiplier) is float
+    assert hash(dp) == hash(train.DPConfig(1.0, 1.0))
+    assert train.DPConfig(jnp.asarray(0.5)).l2_norm_clip == 0.5
+    assert train.DPConfig(float("inf")).l2_norm_clip == float("inf")  # no clipping
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dp.l2_norm_clip = 2.0
+    with pytest.raises(ValueError, match="l2_norm_clip must be positive"):
+        dataclasses.replace(dp, l2_norm_clip=0.0)
 
 
 # --- Sequential networks: running statistics, dropout keys, evaluation
@@ -657,7 +685,7 @@ def test_sequential_without_state_on_a_mesh_matches_no_mesh():
     mesh = parallel.make_data_mesh(1)
     plain = train.make_train_step(net, optimizer)(state, (x, y))[0]
     sharded = train.make_train_step(net, optimizer, mesh=mesh)(
-        train.replicate_train_state(state, mesh), (x, y)
+        parallel.replicate(state, mesh), (x, y)
     )[0]
     chex.assert_trees_all_close(sharded.params, plain.params, rtol=1e-6, atol=1e-7)
 
@@ -694,9 +722,9 @@ def test_progress_callback_leaves_the_epoch_bitwise_unchanged():
         train.make_train_epoch(NET, optimizer, batch_size=8, report_every=0)
 
 
-def test_fit_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
+def test_train_epochs_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
     seen = []
-    _fit(epochs=3, on_progress=seen.append)
+    _train_epochs(epochs=3, on_progress=seen.append)
     steps = N // BATCH
     by_epoch = {e: [p for p in seen if p.epoch == e] for e in (1, 2, 3)}
     for mine in by_epoch.values():
@@ -711,7 +739,7 @@ def test_fit_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
     # An epoch much slower than PROGRESS_INTERVAL_S makes the next report each step.
     monkeypatch.setattr(train, "PROGRESS_INTERVAL_S", 1e-9)
     seen.clear()
-    _fit(epochs=2, on_progress=seen.append)
+    _train_epochs(epochs=2, on_progress=seen.append)
     assert {p.done for p in seen if p.epoch == 2} == set(range(steps + 1))
 
 

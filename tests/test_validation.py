@@ -127,14 +127,14 @@ def test_bad_label_makes_the_train_step_nan(grad):
 
 
 @pytest.mark.parametrize("grad", train.GRAD_KINDS)
-def test_bad_label_stops_fit_naming_the_step(grad):
+def test_bad_label_stops_training_naming_the_step(grad):
     opt = optim.make_optimizer("sgd", 0.1)
     state = train.init_train_state(NET, opt, jax.random.key(0))
     x = np.asarray(jax.random.normal(jax.random.key(1), (64, 6)))
     y = np.arange(64, dtype=np.int32) % 4
-    y[17] = 12  # fit's epoch is one compiled program: the labels are traced
+    y[17] = 12  # the epoch is one compiled program: the labels are traced
     with pytest.raises(train.DivergenceError, match=r"the loss is nan at step \d+"):
-        train.fit(NET, opt, state, (x, y), epochs=1, batch_size=16, grad=grad)
+        train.train_epochs(NET, opt, state, (x, y), epochs=1, batch_size=16, grad=grad)
 
 
 # --- dtypes: never lose precision silently
@@ -196,5 +196,7 @@ def test_training_on_uint8_pixels_and_float32_data_still_works():
         rng.integers(0, 256, (64, 6)).astype(np.uint8),
         rng.random((64, 6), dtype=np.float32),
     ):
-        final, logs, _ = train.fit(NET, opt, state, (x, y), epochs=1, batch_size=16)
+        final, logs, _ = train.train_epochs(
+            NET, opt, state, (x, y), epochs=1, batch_size=16
+        )
         assert np.isfinite(logs[0].train_loss) and _all_finite(final.params)

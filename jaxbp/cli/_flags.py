@@ -53,26 +53,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _float(text: str, *, positive: bool) -> float:
+def positive_float(text: str) -> float:
+    """A flag value that must be a finite positive number."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    ok = value > 0 if positive else value >= 0
-    if not ok or not np.isfinite(value):
-        which = "positive" if positive else "non-negative"
-        raise argparse.ArgumentTypeError(f"must be a {which} number, got {text}")
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
-
-
-def positive_float(text: str) -> float:
-    """A flag value that must be a finite positive number."""
-    return _float(text, positive=True)
-
-
-def nonnegative_float(text: str) -> float:
-    """A flag value that must be a finite number, zero or more."""
-    return _float(text, positive=False)
 
 
 def dataset(text: str) -> str:

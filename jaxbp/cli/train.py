@@ -1,7 +1,7 @@
 """``jaxbp train``: input and output around :mod:`jaxbp.config`.
 
 Its flags make a :class:`~jaxbp.config.TrainConfig` (whose defaults are the flags'
-defaults); :func:`~jaxbp.config.setup` and :func:`~jaxbp.config.fit` do the work;
+defaults); :func:`~jaxbp.config.setup` and :func:`jaxbp.fit` do the work;
 this module prints each epoch, shows the progress of a long one on stderr and plots
 ``curves.png``, and :mod:`jaxbp.cli.run_folder` keeps ``metrics.json`` and the
 checkpoint in ``--out``.
@@ -149,9 +149,11 @@ def add_parser(sub) -> None:
         default=d.dtype,
         help="parameter and arithmetic dtype (default: %(default)s)",
     )
+    # The DP flags' values are checked once, by TrainConfig (ConfigError names the
+    # flag), as a library caller's are.
     tr.add_argument(
         "--dp-clip",
-        type=_flags.positive_float,
+        type=float,
         default=d.dp_clip,
         metavar="C",
         help="DP-SGD: clip each example's gradient to L2 norm C; no privacy "
@@ -159,7 +161,7 @@ def add_parser(sub) -> None:
     )
     tr.add_argument(
         "--dp-noise",
-        type=_flags.nonnegative_float,
+        type=float,
         default=d.dp_noise,
         metavar="SIGMA",
         help="DP-SGD: Gaussian noise std SIGMA * C on the sum of clipped gradients; "
