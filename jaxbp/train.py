@@ -1020,6 +1020,7 @@ class _Progress:
         self.epoch, self.steps, self.t0 = 0, 0, 0.0
         self.every = ()  # no fourth argument without progress reports
         self.on_steps = None if on_progress is None else self._on_steps
+        self.held: KeyboardInterrupt | None = None
 
     def pace(self, steps: int, elapsed: float | None = None) -> None:
         """Sets :attr:`every` for epochs of ``steps`` steps: a fifth of the first
@@ -1036,9 +1037,25 @@ class _Progress:
         self.every = (jnp.asarray(every, jnp.int32),)
 
     def _on_steps(self, done: int, steps: int) -> None:
-        """From inside the compiled epoch: ``done`` of its ``steps`` taken."""
+        """From inside the compiled epoch: ``done`` of its ``steps`` taken.
+
+        A Ctrl-C that lands here is held (:meth:`raise_held`): raised inside XLA's
+        callback it would end the epoch as an internal runtime error, not as the
+        ``KeyboardInterrupt`` it is. The epoch cannot stop part-way either way.
+        """
         elapsed = time.perf_counter() - self.t0
-        self.on_progress(EpochProgress(self.epoch, self.epochs, done, steps, elapsed))
+        try:
+            self.on_progress(
+                EpochProgress(self.epoch, self.epochs, done, steps, elapsed)
+            )
+        except KeyboardInterrupt as e:
+            self.held = e
+
+    def raise_held(self) -> None:
+        """Raises a ``KeyboardInterrupt`` held during the epoch, if any."""
+        held, self.held = self.held, None
+        if held is not None:
+            raise held
 
     def start(self, epoch: int) -> float:
         """Reports that ``epoch`` starts; returns its start time."""
@@ -1098,6 +1115,7 @@ def _run_epoch(
     t0 = progress.start(epoch)
     state, metrics = compiled(state, x, y, *progress.every)
     losses = np.asarray(metrics["loss"])  # waits for the epoch to finish
+    progress.raise_held()  # a Ctrl-C during the epoch: this epoch is not kept
     elapsed = time.perf_counter() - t0
     progress.end(elapsed)
     check_finite(losses, first_step)

@@ -743,6 +743,27 @@ def test_train_epochs_reports_progress_of_every_epoch_at_its_pace(monkeypatch):
     assert {p.done for p in seen if p.epoch == 2} == set(range(steps + 1))
 
 
+def test_ctrl_c_in_a_progress_report_ends_training_as_a_keyboard_interrupt(
+    monkeypatch,
+):
+    # A SIGINT lands in whatever Python runs, here the report from inside the
+    # compiled epoch; raised there, XLA would turn it into an internal runtime error.
+    monkeypatch.setattr(train, "PROGRESS_INTERVAL_S", 1e-9)  # report every step
+    ended = []
+
+    def on_progress(p):
+        if p.epoch == 2 and 0 < p.done < p.steps:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train_epochs(
+            epochs=3,
+            on_progress=on_progress,
+            on_epoch=lambda state, log: ended.append(log.epoch),
+        )
+    assert ended == [1]  # the interrupted epoch is not kept
+
+
 # --- an epoch's steps from a Python loop (XLA:CPU's slow autodiff conv in a scan)
 @pytest.mark.parametrize("grad", ["manual", "autodiff"])
 def test_host_loop_epoch_takes_the_scans_steps(grad):
