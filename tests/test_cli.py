@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import pathlib
 import re
 import shlex
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -910,3 +912,19 @@ def test_one_epoch_on_fashion_mnist(shared_data_dir, tmp_path):
     assert metrics["final_test_accuracy"] > 0.75
     assert metrics["history"][0]["step"] == 60000 // 128
     assert optim.DEFAULT_LEARNING_RATES["adam"] == metrics["config"]["lr"]
+
+
+def test_a_ctrl_c_while_training_waits_for_the_epoch_and_a_second_does_not():
+    from jaxbp.cli import train as train_command
+
+    before = signal.getsignal(signal.SIGINT)
+    with train_command._StopAtEpochEnd() as stop:
+        stop.check()  # nothing yet
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs at the next bytecode: no exception here
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()  # after the epoch's checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second one: at once
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import pathlib
 import shlex
+import signal
 import sys
 from typing import TextIO
 
@@ -396,6 +397,41 @@ class _EpochProgress:
             pass
 
 
+class _StopAtEpochEnd:
+    """While training, a Ctrl-C stops the run once the running epoch is saved.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread is, which in a
+    training run can be inside XLA's host callback (where it becomes an internal
+    runtime error) or between a lock's acquire and release. Inside this block the
+    first SIGINT only sets a flag, which :meth:`check` turns into a
+    ``KeyboardInterrupt`` after each epoch's checkpoint; a second one interrupts at
+    once. Outside the main thread (where handlers cannot be set) nothing changes.
+    """
+
+    def __enter__(self):
+        self.pending = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        """Raises ``KeyboardInterrupt`` if a Ctrl-C came since the block began."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> bool:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
 def run(args) -> int:
     """``jaxbp train``: the flags' :class:`TrainConfig`, set up, fitted, recorded."""
     config = config_from_args(args)
@@ -477,14 +513,20 @@ def _train(args, config: TrainConfig, out: pathlib.Path, mesh) -> int:
     progress = None
     if not args.quiet:
         progress = _EpochProgress(sys.stderr, bar=sys.stderr.isatty())
+
+    def on_epoch_then_stop(state, log: train.EpochLog):
+        on_epoch(state, log)
+        stop.check()  # a Ctrl-C during the epoch: stop now that it is saved
+
     try:
-        _, _, compile_timing = fit(
-            run,
-            start_epoch=start_epoch,
-            on_epoch=on_epoch,
-            mesh=mesh,
-            on_progress=progress,
-        )
+        with _StopAtEpochEnd() as stop:
+            _, _, compile_timing = fit(
+                run,
+                start_epoch=start_epoch,
+                on_epoch=on_epoch_then_stop,
+                mesh=mesh,
+                on_progress=progress,
+            )
     finally:
         if progress is not None:
             progress.close()
