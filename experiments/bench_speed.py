@@ -41,6 +41,7 @@ experiments/results/bench_speed_notes.md explains the results: the profile of th
 step, the HLO of the manual and autodiff steps, and what separates jaxbp from the bound.
 """
 
+import dataclasses
 import os
 import pathlib
 import statistics
@@ -654,7 +655,7 @@ def environment(args, argv, source, n, load_at_start) -> dict:
         "repeats": args.repeats,
         "quick": args.quick,
         "lr": LR,
-        "dp": DP._asdict(),
+        "dp": dataclasses.asdict(DP),
         "flop_count": "matrix products only: forward 2*sum(fan_in*fan_out), weight "
         "grads the same, input grads 2*sum over layers >= 2 (none for the first); "
         "elementwise work ignored",
