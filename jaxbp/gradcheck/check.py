@@ -649,6 +649,89 @@ class CheckOptions:
     chunk: int = 128
 
 
+@dataclasses.dataclass(frozen=True)
+class _Leaves:
+    """The leaves of ``params`` as every comparison judges them.
+
+    Attributes:
+      paths, shapes: each leaf's name and shape.
+      dtypes: the dtype each leaf is judged in: for all, the least precise of the
+        leaves (where leaves of mixed dtypes meet, the function computes in it).
+      rounding: ``jax.grad``'s own rounding in its dtype, per entry, flat
+        (:func:`_rounding_of_jax_grad`).
+      tree_scale: the largest gradient entry of the tree (:func:`default_tiny`).
+    """
+
+    paths: list
+    shapes: list
+    dtypes: list
+    rounding: list
+    tree_scale: float
+
+
+def _fd_rows(grads, leaves: _Leaves, probes: list[_Probes], rtol, safety):
+    """One gradient against the finite-difference probes: its rows, and per leaf the
+    probes that lie on a kink."""
+    rows, kinks = [], []
+    for k, path in enumerate(leaves.paths):
+        row, kink = _against_fd(path, leaves.shapes[k], grads[k], probes[k],
+                                leaves.dtypes[k], rtol, safety, leaves.rounding[k],
+                                leaves.tree_scale)  # fmt: skip
+        rows.append(row)
+        kinks.append(kink)
+    return rows, kinks
+
+
+def _against_autodiff(user, auto, leaves: _Leaves, excused, rtol):
+    """Comparison 1's rows: ``grad_fun`` against ``jax.grad``, every coordinate, with
+    ``jax.grad``'s own rounding allowed on top of the tolerance."""
+    rows = []
+    for k, path in enumerate(leaves.paths):
+        a64, b64 = user[k].ravel(), auto[k].ravel()
+        dtype = leaves.dtypes[k]
+        floor = default_tiny(dtype, 0.0, leaves.tree_scale)
+        err, tol, rel = elementwise_errors(a64, b64, dtype, rtol, floor)
+        tol = tol + leaves.rounding[k]
+        rows.append(leaf_error(path, leaves.shapes[k], "coordinates", err, tol, rel,
+                               a64, b64, excused[k], np.arange(err.size),
+                               grad_rtol(dtype, rtol)))  # fmt: skip
+    return rows
+
+
+def _along_kink_comparisons(name, user, auto, leaves: _Leaves, pairs: _KinkPairs,
+                            fd_dtype, rtol, safety):  # fmt: skip
+    """Comparisons 4 and 5: both gradients along the pairs of kinks, and their notes."""
+    along = (
+        f"central differences in {fd_dtype}, {int(pairs.tested.sum())} "
+        "directions along the kinks (each moves two kinked coordinates)"
+    )
+    comparisons, notes = [], []
+    for left, grads in ((name, user), (AUTO_NAME, auto)):
+        rows, pair_probes = _along_kinks(
+            leaves.paths, leaves.shapes, grads, leaves.dtypes, pairs, rtol, safety,
+            leaves.rounding, leaves.tree_scale,
+        )  # fmt: skip
+        comparisons.append(Comparison(left, FD_NAME, fd_dtype, tuple(rows), along))
+        notes += _explain(comparisons[-1], pair_probes)
+        notes += _explain_pairs(comparisons[-1], pairs, leaves.paths, leaves.shapes)
+    return comparisons, notes
+
+
+def _checked_options(o: CheckOptions, name: str) -> tuple:
+    """The options checked all at once; returns ``dtype`` and ``fd_dtype`` resolved."""
+    check_options(fd_samples=o.fd_samples, fd_directions=o.fd_directions,
+                  chunk=o.chunk, fd_safety=o.fd_safety, fd_step=o.fd_step,
+                  rtol=o.rtol, seed=o.seed, name=name)  # fmt: skip
+    dtype = resolve_dtype(o.dtype, "dtype")
+    fd_dtype = resolve_dtype(o.fd_dtype, "fd_dtype")
+    if o.fd not in (*FD_MODES, None):
+        raise ValueError(
+            f"fd must be one of {FD_MODES} or None (no finite differences), "
+            f"got {o.fd!r}"
+        )
+    return dtype, fd_dtype
+
+
 def run_check(fun, grad_fun, params, args, options: CheckOptions, *, name,
               auto_limit, has_aux=False, coordinate_evaluator=None, title="",
               label=None):  # fmt: skip
@@ -672,28 +755,14 @@ def run_check(fun, grad_fun, params, args, options: CheckOptions, *, name,
       but no localisation.
     """
     o = options
-    dtype, fd, fd_dtype, fd_step = o.dtype, o.fd, o.fd_dtype, o.fd_step
-    fd_samples, fd_directions, fd_safety = o.fd_samples, o.fd_directions, o.fd_safety
-    rtol, seed, chunk = o.rtol, o.seed, o.chunk
-    check_options(fd_samples=fd_samples, fd_directions=fd_directions, chunk=chunk,
-                  fd_safety=fd_safety, fd_step=fd_step, rtol=rtol, seed=seed,
-                  name=name)  # fmt: skip
-    dtype = resolve_dtype(dtype, "dtype")
-    fd_dtype = resolve_dtype(fd_dtype, "fd_dtype")
-    if fd not in (*FD_MODES, None):
-        raise ValueError(
-            f"fd must be one of {FD_MODES} or None (no finite differences), got {fd!r}"
-        )
+    dtype, fd_dtype = _checked_options(o, name)
     paths = check_params(params, label)
     shapes = [np.shape(t) for t in jax.tree.leaves(params)]
     sizes = [math.prod(s) for s in shapes]
     if sum(sizes) == 0:
         raise ValueError("every leaf of params is empty: there is nothing to check")
     leaf_dtypes = [dtype or jnp.asarray(t).dtype.name for t in jax.tree.leaves(params)]
-    # Where leaves of mixed dtypes meet, the function computes in the least precise of
-    # them, and that rounding reaches every leaf's gradient: judge all leaves by it.
     working = max(leaf_dtypes, key=fdiff.machine_eps)
-    tol_dtypes = [working] * len(leaf_dtypes)
     dtype_name = dtype or dtype_of(jax.tree.leaves(params))
     needs64 = "float64" in leaf_dtypes or jax.config.jax_enable_x64
     value_fun = partial(_value, fun, has_aux)
@@ -713,105 +782,62 @@ def run_check(fun, grad_fun, params, args, options: CheckOptions, *, name,
             )
         user_np = [as_float64(t) for t in jax.tree.leaves(user)]
         auto_np = [as_float64(t) for t in jax.tree.leaves(auto)]
-    auto_error = _rounding_of_jax_grad(
-        value_fun, params, args, auto_np, working, fd_dtype
+    leaves = _Leaves(
+        paths,
+        shapes,
+        [working] * len(paths),
+        _rounding_of_jax_grad(value_fun, params, args, auto_np, working, fd_dtype),
+        # The scale of rounding in a leaf whose exact gradient cancels to zero.
+        max(float(np.max(np.abs(g), initial=0.0)) for g in auto_np),
     )
-    # The largest gradient entry anywhere: the scale of rounding in a leaf whose
-    # exact gradient cancels to zero (default_tiny).
-    tree_scale = max(float(np.max(np.abs(g), initial=0.0)) for g in auto_np)
     # --- 2, 3. both against finite differences; 4, 5. along kinks ----------------
-    probes = pairs = mode = None
-    if fd:
-        mode = _plan(fd, sizes, fd_samples, auto_limit)
+    probes = pairs = None
+    excused = [np.zeros(n, bool) for n in sizes]
+    if o.fd:
+        mode = _plan(o.fd, sizes, o.fd_samples, auto_limit)
         with jax.enable_x64(fd_dtype == "float64" or jax.config.jax_enable_x64):
             p, a = cast_floats(params, fd_dtype), cast_floats(args, fd_dtype)
             probes, noise = _fd_probes(
-                value_fun, p, a, paths, mode=mode, fd_dtype=fd_dtype, step=fd_step,
-                samples_per_leaf=fd_samples, directions=fd_directions, seed=seed,
-                chunk=chunk, coordinate_evaluator=coordinate_evaluator,
+                value_fun, p, a, paths, mode=mode, fd_dtype=fd_dtype, step=o.fd_step,
+                samples_per_leaf=o.fd_samples, directions=o.fd_directions,
+                seed=o.seed, chunk=o.chunk, coordinate_evaluator=coordinate_evaluator,
             )  # fmt: skip
             pairs = _kink_pairs(value_fun, p, a, paths, probes, fd_dtype=fd_dtype,
-                                noise=noise, seed=seed, chunk=chunk,
-                                safety=fd_safety)  # fmt: skip
-    comparisons = []
-    user_rows, auto_fd_rows, user_fd_rows = [], [], []
-    for k, path in enumerate(paths):
-        excused = np.zeros(sizes[k], bool)
-        if probes is not None:
-            row, kink = _against_fd(path, shapes[k], user_np[k], probes[k],
-                                    tol_dtypes[k], rtol, fd_safety,
-                                    auto_error[k], tree_scale)  # fmt: skip
-            user_fd_rows.append(row)
-            auto_fd_rows.append(
-                _against_fd(
-                    path,
-                    shapes[k],
-                    auto_np[k],
-                    probes[k],
-                    tol_dtypes[k],
-                    rtol,
-                    fd_safety,
-                    auto_error[k],
-                    tree_scale,
-                )[0]  # fmt: skip
-            )
-            # Where the function has a kink, grad_fun and jax.grad may pick different
-            # subgradients: an entry inside the finite-difference bracket is a kink.
-            if probes[k].unit == "coordinates":
-                excused[probes[k].positions] = kink
-        a64, b64 = user_np[k].ravel(), auto_np[k].ravel()
-        err, tol, rel = elementwise_errors(
-            a64, b64, tol_dtypes[k], rtol,
-            default_tiny(tol_dtypes[k], 0.0, tree_scale),
-        )  # fmt: skip
-        tol = tol + auto_error[k]  # jax.grad's own rounding in its dtype
-        user_rows.append(
-            leaf_error(
-                path,
-                shapes[k],
-                "coordinates",
-                err,
-                tol,
-                rel,
-                a64,
-                b64,
-                excused,
-                np.arange(err.size),
-                grad_rtol(tol_dtypes[k], rtol),
-            )  # fmt: skip
-        )
-    comparisons.append(Comparison(name, AUTO_NAME, dtype_name, tuple(user_rows),
-                                  "every coordinate"))  # fmt: skip
+                                noise=noise, seed=o.seed, chunk=o.chunk,
+                                safety=o.fd_safety)  # fmt: skip
+        user_fd, kinks = _fd_rows(user_np, leaves, probes, o.rtol, o.fd_safety)
+        auto_fd, _ = _fd_rows(auto_np, leaves, probes, o.rtol, o.fd_safety)
+        # Where the function has a kink, grad_fun and jax.grad may pick different
+        # subgradients: an entry inside the finite-difference bracket is a kink.
+        for k, probe in enumerate(probes):
+            if probe.unit == "coordinates":
+                excused[k][probe.positions] = kinks[k]
+    rows = _against_autodiff(user_np, auto_np, leaves, excused, o.rtol)
+    comparisons = [
+        Comparison(name, AUTO_NAME, dtype_name, tuple(rows), "every coordinate")
+    ]
     notes = _explain(comparisons[0], None)
     if probes is not None:
         counts = [p.positions.size for p in probes]
         coverage = _coverage(mode, sizes, counts, fd_dtype)
-        for left, rows in ((name, user_fd_rows), (AUTO_NAME, auto_fd_rows)):
+        for left, rows in ((name, user_fd), (AUTO_NAME, auto_fd)):
             comparisons.append(
                 Comparison(left, FD_NAME, fd_dtype, tuple(rows), coverage)
             )
             notes += _explain(comparisons[-1], probes)
         if pairs is not None and pairs.tested.any():
-            along = (
-                f"central differences in {fd_dtype}, {int(pairs.tested.sum())} "
-                "directions along the kinks (each moves two kinked coordinates)"
+            more, more_notes = _along_kink_comparisons(
+                name, user_np, auto_np, leaves, pairs, fd_dtype, o.rtol, o.fd_safety
             )
-            for left, grads in ((name, user_np), (AUTO_NAME, auto_np)):
-                rows, pair_probes = _along_kinks(paths, shapes, grads, tol_dtypes,
-                                                 pairs, rtol, fd_safety,
-                                                 auto_error, tree_scale)  # fmt: skip
-                comparisons.append(
-                    Comparison(left, FD_NAME, fd_dtype, tuple(rows), along)
-                )
-                notes += _explain(comparisons[-1], pair_probes)
-                notes += _explain_pairs(comparisons[-1], pairs, paths, shapes)
+            comparisons += more
+            notes += more_notes
         kinks = comparisons[1].kinks
         if kinks:
             notes.append(_kink_note(name, kinks, pairs))
     head = title or f"check_grad of {getattr(fun, '__name__', 'fun')}"
-    n = sum(sizes)
     head += (
-        f": {len(paths)} leaves, {n:,} coordinates; {name} and jax.grad in {dtype_name}"
+        f": {len(paths)} leaves, {sum(sizes):,} coordinates; {name} and jax.grad in "
+        f"{dtype_name}"
     )
     if probes is not None:
         head += f"; {comparisons[1].coverage}"
