@@ -3,7 +3,11 @@
 import os
 import pathlib
 
-import jax
+# The suite runs in one worker process per core (pytest -n auto): on a GPU, none may
+# take most of its memory up front, as JAX does by default.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
 import pytest
 
 # Silent rank promotion (adding a (B,) array to a (B, O) one) hides shape bugs in
