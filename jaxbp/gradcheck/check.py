@@ -481,22 +481,23 @@ def _against_fd(path, shape, grad, probes: _Probes, dtype, rtol, safety, roundin
     return row, kink
 
 
-def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety,
+def _along_kinks(paths, shapes, grads, dtype, kp: _KinkPairs, rtol, safety,
                  rounding, tree_scale):  # fmt: skip
-    """Rows of a gradient against the tested pair directions, one per leaf.
+    """Rows of a gradient against the tested pair directions, one per leaf, all
+    judged in ``dtype``.
 
     A direction counts in the rows of both leaves it moves.
     """
     floors = [
-        default_tiny(d, float(np.max(np.abs(g), initial=0.0)), tree_scale)
-        for d, g in zip(dtypes, grads, strict=True)
+        default_tiny(dtype, float(np.max(np.abs(g), initial=0.0)), tree_scale)
+        for g in grads
     ]
-    rs = np.array([grad_rtol(d, rtol) for d in dtypes])
+    r = grad_rtol(dtype, rtol)
     g = np.array([[grads[k].ravel()[i] for k, i in zip(*pair, strict=True)]
                   for pair in zip(kp.ids, kp.idx, strict=True)])  # fmt: skip
     u = np.sum(kp.effective * g, axis=1)
     floor = np.asarray(floors)[kp.ids]
-    allow = np.sum(rs[kp.ids] * np.abs(kp.effective) * np.maximum(np.abs(g), floor), 1)
+    allow = np.sum(r * np.abs(kp.effective) * np.maximum(np.abs(g), floor), axis=1)
     eps = np.array([[rounding[k][i] for k, i in zip(*pair, strict=True)]
                     for pair in zip(kp.ids, kp.idx, strict=True)])  # fmt: skip
     allow = allow + np.sum(np.abs(kp.effective) * eps, axis=1)
@@ -508,7 +509,7 @@ def _along_kinks(paths, shapes, grads, dtypes, kp: _KinkPairs, rtol, safety,
         mine = tested[np.any(kp.ids[tested] == k, axis=1)]
         rows.append(leaf_error(path, shapes[k], "directions", err[mine], tol[mine],
                                rel[mine], u[mine], kp.q.central[mine], kink[mine],
-                               mine, rs[k]))  # fmt: skip
+                               mine, r))  # fmt: skip
         probes.append(_Probes("directions", mine, kp.q, None))
     return rows, probes
 
@@ -655,8 +656,8 @@ class _Leaves:
 
     Attributes:
       paths, shapes: each leaf's name and shape.
-      dtypes: the dtype each leaf is judged in: for all, the least precise of the
-        leaves (where leaves of mixed dtypes meet, the function computes in it).
+      dtype: the dtype every leaf is judged in, the least precise of the leaves' dtypes
+        (where leaves of mixed dtypes meet, the function computes in it).
       rounding: ``jax.grad``'s own rounding in its dtype, per entry, flat
         (:func:`_rounding_of_jax_grad`).
       tree_scale: the largest gradient entry of the tree (:func:`default_tiny`).
@@ -664,7 +665,7 @@ class _Leaves:
 
     paths: list
     shapes: list
-    dtypes: list
+    dtype: str
     rounding: list
     tree_scale: float
 
@@ -675,7 +676,7 @@ def _fd_rows(grads, leaves: _Leaves, probes: list[_Probes], rtol, safety):
     rows, kinks = [], []
     for k, path in enumerate(leaves.paths):
         row, kink = _against_fd(path, leaves.shapes[k], grads[k], probes[k],
-                                leaves.dtypes[k], rtol, safety, leaves.rounding[k],
+                                leaves.dtype, rtol, safety, leaves.rounding[k],
                                 leaves.tree_scale)  # fmt: skip
         rows.append(row)
         kinks.append(kink)
@@ -685,11 +686,11 @@ def _fd_rows(grads, leaves: _Leaves, probes: list[_Probes], rtol, safety):
 def _against_autodiff(user, auto, leaves: _Leaves, excused, rtol):
     """Comparison 1's rows: ``grad_fun`` against ``jax.grad``, every coordinate, with
     ``jax.grad``'s own rounding allowed on top of the tolerance."""
+    dtype = leaves.dtype
+    floor = default_tiny(dtype, 0.0, leaves.tree_scale)
     rows = []
     for k, path in enumerate(leaves.paths):
         a64, b64 = user[k].ravel(), auto[k].ravel()
-        dtype = leaves.dtypes[k]
-        floor = default_tiny(dtype, 0.0, leaves.tree_scale)
         err, tol, rel = elementwise_errors(a64, b64, dtype, rtol, floor)
         tol = tol + leaves.rounding[k]
         rows.append(leaf_error(path, leaves.shapes[k], "coordinates", err, tol, rel,
@@ -708,9 +709,16 @@ def _along_kink_comparisons(name, user, auto, leaves: _Leaves, pairs: _KinkPairs
     comparisons, notes = [], []
     for left, grads in ((name, user), (AUTO_NAME, auto)):
         rows, pair_probes = _along_kinks(
-            leaves.paths, leaves.shapes, grads, leaves.dtypes, pairs, rtol, safety,
-            leaves.rounding, leaves.tree_scale,
-        )  # fmt: skip
+            leaves.paths,
+            leaves.shapes,
+            grads,
+            leaves.dtype,
+            pairs,
+            rtol,
+            safety,
+            leaves.rounding,
+            leaves.tree_scale,
+        )
         comparisons.append(Comparison(left, FD_NAME, fd_dtype, tuple(rows), along))
         notes += _explain(comparisons[-1], pair_probes)
         notes += _explain_pairs(comparisons[-1], pairs, leaves.paths, leaves.shapes)
@@ -785,7 +793,7 @@ def run_check(fun, grad_fun, params, args, options: CheckOptions, *, name,
     leaves = _Leaves(
         paths,
         shapes,
-        [working] * len(paths),
+        working,
         _rounding_of_jax_grad(value_fun, params, args, auto_np, working, fd_dtype),
         # The scale of rounding in a leaf whose exact gradient cancels to zero.
         max(float(np.max(np.abs(g), initial=0.0)) for g in auto_np),
